@@ -1,0 +1,40 @@
+# Two commands: `make run` (set up + the whole pipeline) and `make test` (set up + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: setup run test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	mmfuse fetch
+	dvc repro
+	@echo
+	@echo "Reports:"
+	@echo "  data quality (Great Expectations Data Docs): reports/data_docs/index.html"
+	@echo "  validation summary (DVC metric):             metrics/validation.json"
+	@echo "  everything DVC tracks:                       dvc metrics show; dvc plots show"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest_validate.py
+
+clean-venv:
+	rm -rf $(VENV)

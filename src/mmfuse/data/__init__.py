@@ -1,0 +1,1 @@
+"""Datasets: fetching verified sources, building avdigits, reading manifests."""

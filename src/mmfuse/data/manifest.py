@@ -1,0 +1,87 @@
+"""The manifest contract: one row per sample, media paths relative to the dataset root.
+
+Structural problems (unreadable file, missing columns) raise ManifestError at once.
+Row-level problems (unsafe path, no modality, bad split) are flagged per row so the
+validate stage can report every offending row through Great Expectations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+
+from mmfuse.errors import ManifestError
+
+REQUIRED_COLUMNS = ("sample_id", "label", "split", "image", "audio", "text")
+MODALITIES = ("image", "audio", "text")
+SPLITS = ("train", "val", "test")
+MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet manifest with every column as text.
+
+    Text is kept verbatim: "n/a" or "" is data here, not a missing value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"manifest {path} does not exist.")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path).astype(object).where(lambda f: f.notna(), "").astype(str)
+        elif path.suffix == ".csv":
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+        else:
+            raise ManifestError(f"manifest {path} must be .csv or .parquet.")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise ManifestError(f"manifest {path} cannot be read: {exc}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ManifestError(
+            f"manifest {path} lacks required column(s) {missing}; the contract needs {list(REQUIRED_COLUMNS)}."
+        )
+    if frame.empty:
+        raise ManifestError(f"manifest {path} has no rows.")
+    return frame
+
+
+def find_manifest(dataset_root: Path) -> Path:
+    """Return the manifest inside a dataset folder."""
+    for name in MANIFEST_NAMES:
+        candidate = Path(dataset_root) / name
+        if candidate.is_file():
+            return candidate
+    raise ManifestError(f"{dataset_root} holds no {' or '.join(MANIFEST_NAMES)}.")
+
+
+def unsafe_path_reason(rel: str) -> str | None:
+    """Why a manifest media path is not allowed, or None when it is safe."""
+    if rel == "":
+        return None
+    if "\\" in rel or rel.startswith("/") or PurePosixPath(rel).is_absolute() or (len(rel) > 1 and rel[1] == ":"):
+        return "is absolute"
+    if ".." in PurePosixPath(rel).parts:
+        return "leaves the dataset root"
+    return None
+
+
+def resolve_media(dataset_root: Path, rel: str) -> Path:
+    """Resolve a manifest path inside the dataset root, refusing anything that escapes it."""
+    reason = unsafe_path_reason(rel)
+    if reason:
+        raise ManifestError(f"media path {rel!r} {reason}; paths must be relative to the dataset root.")
+    root = Path(dataset_root).resolve()
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root):
+        raise ManifestError(f"media path {rel!r} leaves the dataset root (through a link).")
+    return resolved
+
+
+def row_flags(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-row booleans the validate stage turns into expectations."""
+    flags = pd.DataFrame(index=frame.index)
+    flags["has_modality"] = (frame[list(MODALITIES)] != "").any(axis=1)
+    flags["image_path_safe"] = frame["image"].map(lambda p: unsafe_path_reason(p) is None)
+    flags["audio_path_safe"] = frame["audio"].map(lambda p: unsafe_path_reason(p) is None)
+    return flags

@@ -1,0 +1,29 @@
+"""Errors a user can act on: each says what is wrong and what to do about it."""
+
+
+class MMFuseError(Exception):
+    """Base class: the CLI prints these as one clear message instead of a traceback."""
+
+
+class ConfigError(MMFuseError):
+    """params.yaml (or an override) holds a value the pipeline cannot use."""
+
+
+class ChecksumError(MMFuseError):
+    """A source file's sha256 does not match the expected sum that ships with the code."""
+
+
+class SourceError(MMFuseError):
+    """A source could not be fetched, or an archive is truncated or corrupt."""
+
+
+class ManifestError(MMFuseError):
+    """A manifest breaks the contract (missing columns, unsafe paths, empty rows, ...)."""
+
+
+class ValidationFailed(MMFuseError):
+    """A critical data expectation failed; the pipeline must not go on with this data."""
+
+
+class MediaError(MMFuseError):
+    """A media file or payload cannot be decoded or is out of the accepted range."""

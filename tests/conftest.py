@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny source mirror laid out like upstream, with its own checksums."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+TINY_IMAGES = 100  # 80 train/val (8 per digit, so a 10 % val share is one per digit) + 20 test
+TINY_SPEAKERS = ("alice", "bob")
+TINY_TAKES = (0, 5, 10)  # one take per standard split pool: test, val, train
+
+
+def _idx(magic: int, array: np.ndarray) -> bytes:
+    header = struct.pack(">II", magic, array.shape[0]) + b"".join(struct.pack(">I", d) for d in array.shape[1:])
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
+
+
+def write_sums(folder: Path) -> dict[str, str]:
+    sums = {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "SHA256SUMS"
+    }
+    (folder / "SHA256SUMS").write_text("".join(f"{h}  {rel}\n" for rel, h in sums.items()))
+    return sums
+
+
+@pytest.fixture
+def tiny_mirror(tmp_path: Path) -> dict:
+    """A mirror with 100 MNIST-like images and 60 FSDD-like tones; returns paths and sums."""
+    root = tmp_path / "mirror"
+    rng = np.random.default_rng(0)
+    mnist = root / "mnist"
+    mnist.mkdir(parents=True)
+    (mnist / "t10k-images-idx3-ubyte.gz").write_bytes(_idx(2051, rng.integers(0, 256, (TINY_IMAGES, 28, 28))))
+    (mnist / "t10k-labels-idx1-ubyte.gz").write_bytes(_idx(2049, np.arange(TINY_IMAGES) % 10))
+    recordings = root / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    t = np.arange(800) / 8000
+    for digit in range(10):
+        for s, speaker in enumerate(TINY_SPEAKERS):
+            for take in TINY_TAKES:
+                tone = 0.3 * np.sin(2 * np.pi * (200 + 40 * digit + 7 * s + take) * t)
+                sf.write(recordings / f"{digit}_{speaker}_{take}.wav", tone, 8000, subtype="PCM_16")
+    return {
+        "root": root,
+        "sums": {"mnist": write_sums(mnist), "fsdd": write_sums(root / "fsdd")},
+    }
