@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,40 @@ def tiny_mirror(tmp_path: Path) -> dict:
         "root": root,
         "sums": {"mnist": write_sums(mnist), "fsdd": write_sums(root / "fsdd")},
     }
+
+
+def make_tiny_dataset(root: Path, per_class: dict[str, int] | None = None, classes: int = 3) -> Path:
+    """A dataset of your own in the manifest contract: PNGs, WAV tones and texts."""
+    from PIL import Image
+
+    per_class = per_class or {"train": 6, "val": 2, "test": 2}
+    (root / "images").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rows = []
+    t = np.arange(1600) / 8000
+    for label in range(classes):
+        for split, count in per_class.items():
+            for k in range(count):
+                sid = f"{split}-{label}-{k}"
+                rng = np.random.default_rng(zlib.crc32(sid.encode()))
+                pixels = (rng.random((28, 28)) * 60).astype(np.uint8)
+                pixels[4 + 6 * label : 10 + 6 * label, 4:24] = 255
+                Image.fromarray(pixels).save(root / "images" / f"{sid}.png")
+                tone = 0.3 * np.sin(2 * np.pi * (300 + 200 * label) * t) + 0.01 * rng.standard_normal(t.size)
+                sf.write(root / "audio" / f"{sid}.wav", tone, 8000, subtype="PCM_16")
+                rows.append(f"{sid},{label},{split},images/{sid}.png,audio/{sid}.wav,class {label} number {k}\n")
+    manifest = root / "manifest.csv"
+    manifest.write_text("sample_id,label,split,image,audio,text\n" + "".join(rows))
+    return manifest
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """Path to the manifest of a small, valid dataset of your own."""
+    return make_tiny_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="session")
+def dataset_factory():
+    """make_tiny_dataset, for fixtures of wider scope that build their own projects."""
+    return make_tiny_dataset

@@ -1,0 +1,54 @@
+"""Ingesting a dataset of your own: copied exactly, unsafe paths never followed."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmfuse.config import DataParams
+from mmfuse.data.manifest import read_manifest, resolve_media, row_flags
+from mmfuse.errors import ConfigError, ManifestError
+from mmfuse.ingest import dataset_manifest, run_ingest
+
+
+def test_own_dataset_is_copied_with_its_media(tiny_dataset, tmp_path):
+    params = DataParams(dataset=str(tiny_dataset))
+    manifest = run_ingest(params, raw_root=tmp_path / "raw")
+    assert manifest == dataset_manifest(params, tmp_path / "raw")
+    frame = read_manifest(manifest)
+    assert len(frame) == 30
+    for rel in frame["image"]:
+        assert resolve_media(manifest.parent, rel).read_bytes() == (tiny_dataset.parent / rel).read_bytes()
+
+
+def test_unsafe_rows_are_kept_for_validation_but_never_followed(tiny_dataset, tmp_path):
+    secret = tiny_dataset.parent.parent / "secret.png"
+    secret.write_bytes(b"not yours")
+    with open(tiny_dataset, "a") as handle:
+        handle.write("evil,0,train,../secret.png,,\n")
+        handle.write(f"abs,0,train,{secret},,\n")
+        handle.write("empty,0,train,,,\n")
+    manifest = run_ingest(DataParams(dataset=str(tiny_dataset)), raw_root=tmp_path / "raw")
+    frame = read_manifest(manifest)
+    flags = row_flags(frame).set_index(frame["sample_id"])
+    assert not flags.loc["evil", "image_path_safe"] and not flags.loc["abs", "image_path_safe"]
+    assert not flags.loc["empty", "has_modality"]
+    assert not (tmp_path / "raw" / "secret.png").exists()
+    with pytest.raises(ManifestError, match="leaves the dataset root"):
+        resolve_media(manifest.parent, "../secret.png")
+    with pytest.raises(ManifestError, match="is absolute"):
+        resolve_media(manifest.parent, str(secret))
+
+
+def test_text_is_read_verbatim(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text('sample_id,label,split,image,audio,text\na,1,train,,,n/a\nb,1,train,,,NaN\n')
+    assert list(read_manifest(path)["text"]) == ["n/a", "NaN"]
+
+
+def test_missing_manifest_and_columns_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="no such manifest"):
+        run_ingest(DataParams(dataset=str(tmp_path / "nope.csv")), raw_root=tmp_path / "raw")
+    bad = tmp_path / "m.csv"
+    bad.write_text("sample_id,label\nx,1\n")
+    with pytest.raises(ManifestError, match=r"lacks required column\(s\) \['split', 'image', 'audio', 'text'\]"):
+        read_manifest(bad)
