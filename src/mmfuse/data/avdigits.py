@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from PIL import Image
+from scipy.io import wavfile
 from rich.progress import track
 
 from mmfuse.config import DataParams, Degradation, TextNoise
@@ -186,7 +187,9 @@ def _write_audio(clip: Clip, dest: Path, degradation: Degradation, seed: int, in
         return
     data, rate = sf.read(clip.path, dtype="float32")
     noisy = add_noise(data, degradation.audio_snr_db, np.random.default_rng((seed, _STREAM_NOISE, index)))
-    sf.write(dest, noisy, rate, subtype="FLOAT")
+    # scipy, not libsndfile: libsndfile stamps float WAVs with the time (PEAK chunk),
+    # which would make every build differ and defeat DVC's caching.
+    wavfile.write(dest, rate, noisy)
 
 
 def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataFrame:

@@ -1,0 +1,189 @@
+"""Run the validate stage: read facts, run the GX checkpoint, write Data Docs and the summary.
+
+The summary JSON is a DVC metrics file: it holds no timestamps, run ids or temp paths,
+so the same data gives the same bytes and a second ``dvc repro`` does nothing. Run
+times live only in the Data Docs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import great_expectations as gx
+import pandas as pd
+from great_expectations.checkpoint import UpdateDataDocsAction
+from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+from great_expectations.data_context import EphemeralDataContext
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from rich.console import Console
+
+from mmfuse.config import ValidateParams
+from mmfuse.data.manifest import MODALITIES, read_manifest
+from mmfuse.errors import ValidationFailed
+from mmfuse.io import atomic_dir, write_json
+from mmfuse.validation.facts import collect_facts
+from mmfuse.validation.suites import SUITES, Check, build_checks, validation_table
+
+DOCS_SITE = "mmfuse"
+DOCS_FOLDER = "data_docs"
+
+
+def _context(docs_dir: Path) -> EphemeralDataContext:
+    """An in-memory GX context whose only Data Docs site is ``docs_dir``, telemetry and tqdm bars off."""
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        data_docs_sites={
+            DOCS_SITE: {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def _run_checkpoint(
+    table: pd.DataFrame, checks: list[Check], docs_dir: Path, max_examples: int
+) -> dict[str, ExpectationValidationResult]:
+    """Run every suite over ``table`` in one checkpoint that also builds Data Docs; results by check name."""
+    context = _context(docs_dir)
+    batch = (
+        context.data_sources.add_pandas("mmfuse")
+        .add_dataframe_asset("validation_table")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    names: dict[str, str] = {}
+    definitions = []
+    for suite_name in SUITES:
+        suite = context.suites.add(gx.ExpectationSuite(name=suite_name))
+        for check in checks:
+            if check.suite == suite_name:
+                names[suite.add_expectation(check.expectation).id] = check.name
+        definition = gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
+        definitions.append(context.validation_definitions.add(definition))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="validate",
+            validation_definitions=definitions,
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
+            result_format={
+                "result_format": "SUMMARY",
+                "unexpected_index_column_names": ["row"],
+                "partial_unexpected_count": max_examples,
+            },
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": table})
+    return {
+        names[outcome.expectation_config.id]: outcome
+        for suite_result in result.run_results.values()
+        for outcome in suite_result.results
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-stable scalar: numpy types unwrapped, NaN as null, whole floats as ints, others rounded."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        return int(value) if value.is_integer() else round(value, 6)
+    return value
+
+
+def _entry(check: Check, outcome: ExpectationValidationResult, table: pd.DataFrame) -> dict[str, Any]:
+    """One expectation's line in the summary, with failing rows as sample_id + offending value."""
+    result = outcome.result or {}
+    examples = []
+    for hit in result.get("partial_unexpected_index_list") or []:
+        row = table.iloc[int(hit["row"]) - 1]
+        examples.append({"row": int(row["row"]), "sample_id": row["sample_id"], "value": _plain(row[check.detail])})
+    info = outcome.exception_info or {}
+    return {
+        "suite": check.suite,
+        "name": check.name,
+        "expectation": check.expectation.expectation_type,
+        "column": check.column,
+        "critical": check.critical,
+        "success": bool(outcome.success),
+        "unexpected_count": result.get("unexpected_count"),
+        "examples": examples,
+        "error": info.get("exception_message") if info.get("raised_exception") else None,
+    }
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    """A one-line account of a failed expectation, for the console and the error message."""
+    head = f"{entry['suite']}/{entry['name']} ({entry['expectation']} on {entry['column']})"
+    if entry["error"]:
+        return f"{head}: could not run: {entry['error']}"
+    count = entry["unexpected_count"]
+    failing = f"{count} row(s) failed" if count is not None else "failed"
+    shown = "; ".join(f"{e['sample_id'] or '<no id>'} (row {e['row']}): {e['value']!r}" for e in entry["examples"])
+    return f"{head}: {failing}" + (f"; first: {shown}" if shown else "")
+
+
+def _summary(manifest: pd.DataFrame, entries: list[dict[str, Any]], docs_index: Path) -> dict[str, Any]:
+    """The metrics DVC reads: flat top-level numbers, then one entry per expectation."""
+    critical = sum(1 for e in entries if e["critical"] and not e["success"])
+    return {
+        "rows": len(manifest),
+        "rows_per_split": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},
+        "modalities": {m: int(manifest[m].ne("").sum()) for m in MODALITIES},
+        "success": critical == 0,
+        "critical_failures": critical,
+        "warnings": sum(1 for e in entries if not e["critical"] and not e["success"]),
+        "data_docs": str(docs_index),
+        "expectations": entries,
+    }
+
+
+def run_validation(manifest_path: Path, params: ValidateParams, reports_dir: Path, summary_path: Path) -> dict:
+    """Validate a dataset (the manifest's folder is its root); return the summary written to ``summary_path``.
+
+    Data Docs are rebuilt from scratch under ``reports_dir/data_docs`` (built aside, then
+    swapped in, so old runs never pile up and a crash leaves the previous docs intact).
+    Failed warnings are printed; success is left to the caller to announce. Raises
+    ValidationFailed, after writing both outputs, when any critical expectation fails.
+    """
+    manifest_path = Path(manifest_path)
+    docs_dir = Path(reports_dir) / DOCS_FOLDER
+    console = Console(stderr=True)
+    manifest = read_manifest(manifest_path)
+    facts = collect_facts(manifest, manifest_path.parent, params.audio_silence_dbfs, console=console)
+    table = validation_table(manifest, facts)
+    train_labels = sorted(set(table.loc[table["split"].eq("train") & table["label"].ne(""), "label"]))
+    checks = build_checks(params, train_labels)
+    with atomic_dir(docs_dir) as build_dir:
+        outcomes = _run_checkpoint(table, checks, build_dir, params.max_failing_examples)
+    entries = [_entry(check, outcomes[check.name], table) for check in checks]
+    summary = _summary(manifest, entries, docs_dir / "index.html")
+    write_json(summary_path, summary)
+
+    for entry in entries:
+        if not entry["critical"] and not entry["success"]:
+            console.print(
+                f"warning: {_describe(entry)}", style="yellow", markup=False, highlight=False, soft_wrap=True
+            )
+    failed = [entry for entry in entries if entry["critical"] and not entry["success"]]
+    if failed:
+        lines = "\n".join(f"  - {_describe(entry)}" for entry in failed)
+        raise ValidationFailed(
+            f"validation of {manifest_path} failed: {len(failed)} critical expectation(s) failed:\n{lines}\n"
+            f"Data Docs: {docs_dir / 'index.html'}; summary: {summary_path}"
+        )
+    return summary
