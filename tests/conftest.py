@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
+import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+# The BentoML model store of the tests: never the user's own (read once, at bentoml import).
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="mmfuse-test-bentoml-")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 TINY_IMAGES = 100  # 80 train/val (8 per digit, so a 10 % val share is one per digit) + 20 test
 TINY_SPEAKERS = ("alice", "bob")

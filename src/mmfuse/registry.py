@@ -45,6 +45,14 @@ def champion() -> bentoml.Model | None:
         return None
 
 
+def versions() -> list[bentoml.Model]:
+    """Every champion the store has held, oldest first."""
+    try:
+        return sorted(bentoml.models.list(MODEL_NAME), key=lambda m: m.info.creation_time)
+    except NotFound:
+        return []
+
+
 def champion_path() -> Path:
     """The champion's artifact folder, for serving and for re-scoring."""
     model = champion()
@@ -53,8 +61,18 @@ def champion_path() -> Path:
     return Path(model.path)
 
 
+def _without_none(value: Any) -> Any:
+    """BentoML metadata refuses None; an absent key says the same."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
+
+
 def _store(artifact_dir: Path, metadata: dict[str, Any]) -> bentoml.Model:
-    with bentoml.models.create(MODEL_NAME, labels={ROLE_LABEL: "champion"}, metadata=metadata) as model:
+    labels = {ROLE_LABEL: "champion"}
+    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=_without_none(metadata)) as model:
         shutil.copytree(artifact_dir, model.path, dirs_exist_ok=True)
     return model
 

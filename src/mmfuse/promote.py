@@ -1,0 +1,116 @@
+"""The promote stage: challenger vs champion on the same test data, through explicit gates.
+
+Gates are a pure function of two score sets, so each one is testable on constructed
+numbers. Whatever the verdict, a decision record says what was compared, every gate's
+value and threshold, and why; a failed gate leaves the champion untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmfuse import registry
+from mmfuse.io import write_json
+
+Scores = dict[str, Any]  # {"accuracy": %, "subsets": {name: %}, "ece": float}
+Scorer = Callable[[Path], Scores]
+
+
+class PromoteParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_accuracy: float = Field(85.0, ge=0, le=100)  # absolute gate, first promotion included (percent)
+    margin: float = 0.0  # challenger accuracy must reach champion + margin (points)
+    subset_tolerance: float = Field(1.0, ge=0)  # no subset may lose more than this vs the champion (points)
+    max_ece: float = Field(0.05, ge=0, le=1)  # calibration error ceiling, after temperature scaling
+    require_validation: bool = True  # the validate stage must have passed for this data
+
+
+def _gate(name: str, value: Any, threshold: Any, passed: bool, detail: str) -> dict[str, Any]:
+    return {"gate": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail}
+
+
+def decide(challenger: Scores, champion: Scores | None, validation_passed: bool, params: PromoteParams) -> dict[str, Any]:
+    """Evaluate every gate (never stopping at the first failure) and return the verdict."""
+    gates = []
+    if params.require_validation:
+        gates.append(_gate("validation", validation_passed, True, validation_passed, "the validate stage passed for this data"))
+    accuracy = challenger["accuracy"]
+    gates.append(_gate("min_accuracy", accuracy, params.min_accuracy, accuracy >= params.min_accuracy, "absolute test accuracy (percent)"))
+    gates.append(_gate("max_ece", challenger["ece"], params.max_ece, challenger["ece"] <= params.max_ece, "expected calibration error after temperature scaling"))
+    if champion is not None:
+        needed = champion["accuracy"] + params.margin
+        gates.append(_gate("beats_champion", accuracy, round(needed, 4), accuracy >= needed, "accuracy >= champion + margin"))
+        for subset, theirs in sorted(champion["subsets"].items()):
+            ours = challenger["subsets"].get(subset, 0.0)
+            floor = theirs - params.subset_tolerance
+            gates.append(_gate(f"subset:{subset}", ours, round(floor, 4), ours >= floor, "no modality subset worse than the champion by more than the tolerance"))
+    failed = [g["gate"] for g in gates if not g["passed"]]
+    return {
+        "verdict": "reject" if failed else "promote",
+        "first_promotion": champion is None,
+        "failed_gates": failed,
+        "gates": gates,
+        "challenger": challenger,
+        "champion": champion,
+    }
+
+
+def _weights_digest(artifact_dir: Path) -> str:
+    return hashlib.sha256((Path(artifact_dir) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def _git_commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).exists() else "absent"
+
+
+def run_promotion(
+    candidate: Path,
+    calibration_path: Path,
+    validation_summary: Path,
+    scorer: Scorer,
+    params: PromoteParams,
+    decision_path: Path,
+) -> dict[str, Any]:
+    """Score challenger and champion with the same `scorer`, decide, and promote on success."""
+    calibration = json.loads(Path(calibration_path).read_text())
+    validation_passed = bool(json.loads(Path(validation_summary).read_text()).get("success"))
+    challenger = scorer(candidate)
+    current = registry.champion()
+    same_model = current is not None and _weights_digest(Path(current.path)) == _weights_digest(candidate)
+    champion_scores = scorer(Path(current.path)) if current is not None and not same_model else None
+    decision = decide(challenger, champion_scores, validation_passed, params)
+    decision["champion_tag"] = str(current.tag) if current is not None else None
+    if same_model:
+        decision.update(verdict="keep", failed_gates=[], detail="the challenger's weights are the champion's: nothing to promote")
+    if decision["verdict"] == "promote":
+        with tempfile.TemporaryDirectory() as staging:
+            artifact = Path(staging) / "artifact"
+            shutil.copytree(candidate, artifact)
+            shutil.copyfile(calibration_path, artifact / "calibration.json")
+            metadata = {
+                "accuracy": challenger["accuracy"],
+                "ece": challenger["ece"],
+                "subsets": challenger["subsets"],
+                "temperature": calibration.get("temperature", 1.0),
+                "git_commit": _git_commit(),
+                "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
+                "preprocessing": json.loads((candidate / "config.json").read_text()).get("preprocessing", {}).get("params", {}),
+            }
+            decision["promoted_tag"] = registry.promote(artifact, metadata)
+    registry.log_decision({"action": "promote", **{k: decision[k] for k in ("verdict", "failed_gates", "champion_tag")}, "promoted_tag": decision.get("promoted_tag")})
+    write_json(Path(decision_path), decision)
+    return decision

@@ -1,0 +1,107 @@
+"""Promotion gates on constructed score sets, and the promote stage around the real model store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmfuse import registry
+from mmfuse.promote import PromoteParams, decide, run_promotion
+
+SUBSETS = ("image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text")
+PARAMS = PromoteParams(min_accuracy=85.0, margin=0.0, subset_tolerance=1.0, max_ece=0.05)
+
+
+def scores(accuracy: float = 92.0, ece: float = 0.02, **subsets: float) -> dict:
+    base = {name: 60.0 for name in SUBSETS}
+    base.update({k.replace("_", "+"): v for k, v in subsets.items()})
+    base["image+audio+text"] = accuracy
+    return {"accuracy": accuracy, "subsets": base, "ece": ece}
+
+
+def test_first_promotion_passes_on_absolute_gates():
+    decision = decide(scores(), None, True, PARAMS)
+    assert decision["verdict"] == "promote" and decision["first_promotion"]
+    assert {g["gate"] for g in decision["gates"]} == {"validation", "min_accuracy", "max_ece"}
+
+
+@pytest.mark.parametrize(
+    ("challenger", "validation", "failed"),
+    [
+        (scores(accuracy=80.0), True, ["min_accuracy"]),
+        (scores(ece=0.2), True, ["max_ece"]),
+        (scores(), False, ["validation"]),
+        (scores(accuracy=80.0, ece=0.2), False, ["validation", "min_accuracy", "max_ece"]),
+    ],
+)
+def test_each_absolute_gate_fails_on_its_own(challenger, validation, failed):
+    decision = decide(challenger, None, validation, PARAMS)
+    assert decision["verdict"] == "reject"
+    assert decision["failed_gates"] == failed
+
+
+def test_challenger_must_beat_champion_by_the_margin():
+    decision = decide(scores(accuracy=92.0), scores(accuracy=91.5), True, PromoteParams(margin=1.0))
+    assert decision["failed_gates"] == ["beats_champion"]
+    assert decide(scores(accuracy=92.0), scores(accuracy=91.5), True, PARAMS)["verdict"] == "promote"
+
+
+def test_a_subset_regression_beyond_tolerance_fails():
+    champion = scores(accuracy=91.0, audio=70.0)
+    decision = decide(scores(accuracy=93.0, audio=68.5), champion, True, PARAMS)
+    assert decision["failed_gates"] == ["subset:audio"]
+    gate = next(g for g in decision["gates"] if g["gate"] == "subset:audio")
+    assert gate["value"] == 68.5 and gate["threshold"] == 69.0
+    assert decide(scores(accuracy=93.0, audio=69.5), champion, True, PARAMS)["verdict"] == "promote"
+
+
+@pytest.fixture
+def stage_inputs(tmp_path):
+    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
+    registry.decision_log().unlink(missing_ok=True)
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text('{"temperature": 1.5}')
+    summary = tmp_path / "validation.json"
+    summary.write_text('{"success": true}')
+    return tmp_path, calibration, summary
+
+
+def _candidate(folder: Path, weights: bytes) -> Path:
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text('{"preprocessing": {"params": {"image": {"size": 28}}}}')
+    return folder
+
+
+def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_inputs):
+    tmp_path, calibration, summary = stage_inputs
+    results = {"good": scores(accuracy=92.0), "worse": scores(accuracy=88.0)}
+    scorer = lambda artifact: results[json.loads((artifact / "config.json").read_text()).get("name", artifact.name)]  # noqa: E731
+
+    first = run_promotion(_candidate(tmp_path / "good", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json")
+    assert first["verdict"] == "promote"
+    champion = registry.champion()
+    assert str(champion.tag) == first["promoted_tag"]
+    assert json.loads((Path(champion.path) / "calibration.json").read_text())["temperature"] == 1.5
+    assert champion.info.metadata["preprocessing"] == {"image": {"size": 28}}
+
+    (Path(champion.path) / "config.json").write_text('{"name": "good"}')  # so the scorer knows it
+    second = run_promotion(_candidate(tmp_path / "worse", b"B"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json")
+    assert second["verdict"] == "reject"
+    assert second["failed_gates"] == ["beats_champion", "subset:image+audio+text"]
+    assert str(registry.champion().tag) == first["promoted_tag"]
+    record = json.loads((tmp_path / "d2.json").read_text())
+    assert record["champion"]["accuracy"] == 92.0 and record["challenger"]["accuracy"] == 88.0
+    assert [h["verdict"] for h in registry.history()] == ["promote", "reject"]
+
+
+def test_stage_keeps_an_identical_challenger(stage_inputs):
+    tmp_path, calibration, summary = stage_inputs
+    scorer = lambda artifact: scores()  # noqa: E731
+    run_promotion(_candidate(tmp_path / "a", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json")
+    again = run_promotion(_candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json")
+    assert again["verdict"] == "keep"
+    assert len(registry.versions()) == 1
