@@ -15,23 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from mmfuse import registry
+from mmfuse.config import PromoteParams
 from mmfuse.io import write_json
 
 Scores = dict[str, Any]  # {"accuracy": %, "subsets": {name: %}, "ece": float}
 Scorer = Callable[[Path], Scores]
-
-
-class PromoteParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_accuracy: float = Field(85.0, ge=0, le=100)  # absolute gate, first promotion included (percent)
-    margin: float = 0.0  # challenger accuracy must reach champion + margin (points)
-    subset_tolerance: float = Field(1.0, ge=0)  # no subset may lose more than this vs the champion (points)
-    max_ece: float = Field(0.05, ge=0, le=1)  # calibration error ceiling, after temperature scaling
-    require_validation: bool = True  # the validate stage must have passed for this data
 
 
 def _gate(name: str, value: Any, threshold: Any, passed: bool, detail: str) -> dict[str, Any]:
@@ -77,6 +66,13 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).exists() else "absent"
 
 
+def temperature_of(artifact_dir: Path, default_calibration: Path) -> float:
+    """A stored champion carries its own calibration; the challenger's comes from this run's evaluate stage."""
+    own = Path(artifact_dir) / "calibration.json"
+    source = own if own.exists() else Path(default_calibration)
+    return float(json.loads(source.read_text()).get("temperature", 1.0))
+
+
 def run_promotion(
     candidate: Path,
     calibration_path: Path,
@@ -84,8 +80,13 @@ def run_promotion(
     scorer: Scorer,
     params: PromoteParams,
     decision_path: Path,
+    reference: Path | None = None,
 ) -> dict[str, Any]:
-    """Score challenger and champion with the same `scorer`, decide, and promote on success."""
+    """Score challenger and champion with the same `scorer`, decide, and promote on success.
+
+    The champion in the store carries what serving and monitoring need beside the weights:
+    its calibration and, when given, the drift reference profile built from it.
+    """
     calibration = json.loads(Path(calibration_path).read_text())
     validation_passed = bool(json.loads(Path(validation_summary).read_text()).get("success"))
     challenger = scorer(candidate)
@@ -101,6 +102,8 @@ def run_promotion(
             artifact = Path(staging) / "artifact"
             shutil.copytree(candidate, artifact)
             shutil.copyfile(calibration_path, artifact / "calibration.json")
+            if reference is not None:
+                shutil.copyfile(reference, artifact / "reference.parquet")
             metadata = {
                 "accuracy": challenger["accuracy"],
                 "ece": challenger["ece"],

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mmfuse import registry
-from mmfuse.promote import PromoteParams, decide, run_promotion
+from mmfuse.config import PromoteParams
+from mmfuse.promote import decide, run_promotion
 
 SUBSETS = ("image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text")
 PARAMS = PromoteParams(min_accuracy=85.0, margin=0.0, subset_tolerance=1.0, max_ece=0.05)
@@ -81,9 +82,12 @@ def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_input
     results = {"good": scores(accuracy=92.0), "worse": scores(accuracy=88.0)}
     scorer = lambda artifact: results[json.loads((artifact / "config.json").read_text()).get("name", artifact.name)]  # noqa: E731
 
-    first = run_promotion(_candidate(tmp_path / "good", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json")
+    reference = tmp_path / "reference.parquet"
+    reference.write_bytes(b"profile")
+    first = run_promotion(_candidate(tmp_path / "good", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference)
     assert first["verdict"] == "promote"
     champion = registry.champion()
+    assert (Path(champion.path) / "reference.parquet").read_bytes() == b"profile"
     assert str(champion.tag) == first["promoted_tag"]
     assert json.loads((Path(champion.path) / "calibration.json").read_text())["temperature"] == 1.5
     assert champion.info.metadata["preprocessing"] == {"image": {"size": 28}}
