@@ -1,0 +1,134 @@
+"""One monitoring check: read the new log window, validate it, drift-test it, maybe trigger training.
+
+Plain functions, so the Prefect flow stays a thin wrapper and tests drive the same code
+with their own trigger. Retraining is triggered only on the transition into drift (see
+state.py); a window with too few requests is reported as such and stays open, so the
+next check judges it together with what arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mmfuse import registry
+from mmfuse.io import write_json
+from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
+from mmfuse.monitoring.log_checks import check_log
+from mmfuse.monitoring.params import MonitorParams
+from mmfuse.monitoring.reference import REFERENCE_FILE, read_reference
+from mmfuse.monitoring.state import AccuracyPoint, MonitorState, load_state, save_state
+from mmfuse.serving.inference_log import DEFAULT_LOG, LOG_ENV, read_log
+
+Trigger = Callable[[dict[str, Any]], str | None]  # gets the check summary, returns the run it started
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    status: str  # "insufficient_data" | "ok" | "drift"
+    records: int
+    triggered: str | None = None  # the training flow run started by this check
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def trigger_training(deployment: str) -> Trigger:
+    """A trigger that starts the training deployment `mmfuse-training/<deployment>` and does not wait."""
+
+    def _trigger(summary: dict[str, Any]) -> str | None:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(name=f"mmfuse-training/{deployment}", timeout=0, tags=["drift"])
+        return str(run.id)
+
+    return _trigger
+
+
+def reference_path(project: Path, params: MonitorParams) -> Path:
+    """The champion's own reference when it carries one, else the pipeline's latest."""
+    try:
+        candidate = registry.champion_path() / REFERENCE_FILE
+        if candidate.exists():
+            return candidate
+    except registry.RegistryError:
+        pass
+    return Path(project) / params.reference_path
+
+
+def default_log(project: Path) -> Path:
+    """The service's log: $MMFUSE_INFERENCE_LOG, else data/inference/log.sqlite in the project."""
+    return Path(os.environ.get(LOG_ENV) or Path(project) / DEFAULT_LOG)
+
+
+def run_check(
+    project: Path, params: MonitorParams, trigger: Trigger,
+    log: Path | None = None, reference: Path | None = None, now: datetime | None = None,
+) -> CheckResult:  # fmt: skip
+    """Check the log rows since the last check; write reports; trigger on entering drift."""
+    project = Path(project)
+    now = now or datetime.now(timezone.utc)
+    state_file = project / params.state_path
+    state = load_state(state_file)
+    window = read_log(log or default_log(project), since=state.last_check)
+    summary: dict[str, Any] = {
+        "time": now.isoformat(), "since": state.last_check.isoformat() if state.last_check else None,
+        "records": len(window), "min_records": params.min_records, "drift_share": params.drift_share,
+    }  # fmt: skip
+    out_dir = project / params.reports_dir
+    if len(window) < params.min_records:
+        summary["status"] = "insufficient_data"
+        summary["detail"] = f"{len(window)} logged requests since the last check, {params.min_records} needed: not judged"
+        write_json(out_dir / "latest.json", summary)
+        return CheckResult("insufficient_data", len(window), summary=summary)
+    ref_path = reference or reference_path(project, params)
+    ref = read_reference(ref_path)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    summary["reference"] = str(ref_path)
+    summary["log_checks"] = check_log(window, ref, params.modality_tolerance)
+    drift, drift_report = run_drift(ref, window, params, out_dir / stamp / "drift.html")
+    summary["drift"] = as_json(drift)
+    accuracy = live_accuracy(ref, window, params, out_dir / stamp / "accuracy.html")
+    history = state.accuracy_history
+    if accuracy is not None:
+        summary["accuracy"] = as_json(accuracy[0])
+        history = (*history, AccuracyPoint(time=now, accuracy=accuracy[0].live, n=accuracy[0].n))
+    summary["accuracy_trend"] = [p.model_dump(mode="json") for p in history]
+    drifted = drift.drifted or (accuracy is not None and accuracy[0].dropped)
+    status = "drift" if drifted else "ok"
+    triggered = trigger(summary) if drifted and not state.drifted else None
+    summary.update(status=status, triggered=triggered, already_drifted=drifted and state.drifted)
+    write_json(out_dir / stamp / "drift.json", drift_report)
+    if accuracy is not None:
+        write_json(out_dir / stamp / "accuracy.json", accuracy[1])
+    write_json(out_dir / stamp / "summary.json", summary)
+    write_json(out_dir / "latest.json", summary)
+    save_state(state_file, MonitorState(
+        last_check=now, drifted=drifted,
+        last_trigger=now if triggered else state.last_trigger, accuracy_history=history,
+    ))  # fmt: skip
+    return CheckResult(status, len(window), triggered, summary)
+
+
+def summary_markdown(result: CheckResult) -> str:
+    """The Prefect artifact: the verdict first, then what drifted and the accuracy trend."""
+    s = result.summary
+    lines = [f"# mmfuse monitoring: **{result.status}**", "", f"{result.records} logged requests since {s.get('since') or 'the start'}."]
+    if result.status == "insufficient_data":
+        return "\n".join([*lines, "", s["detail"]])
+    drift = s["drift"]
+    lines += ["", f"Drifted columns: {drift['share']:.0%} (drift at {s['drift_share']:.0%})", ""]
+    lines += ["| column | group | p-value | drifted |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['group']} | {c['p_value']} | {'yes' if c['drifted'] else ''} |" for name, c in drift["columns"].items()]
+    if "accuracy" in s:
+        a = s["accuracy"]
+        lines += ["", f"Live accuracy {a['live']:.3f} on {a['n']} labelled requests (reference {a['reference']:.3f})."]
+    if len(s["accuracy_trend"]) > 1:
+        lines += ["", "Accuracy trend: " + " → ".join(f"{p['accuracy']:.3f}" for p in s["accuracy_trend"][-10:])]
+    checks = s["log_checks"]
+    lines += ["", "Log checks (Great Expectations): " + ("passed" if checks["success"] else "failed: " + ", ".join(checks["failed"]))]
+    lines += ["", f"Training run triggered: {result.triggered}" if result.triggered else "No training run triggered."]
+    return "\n".join(lines)
+

@@ -1,0 +1,127 @@
+"""A local Prefect server and the two scheduled deployments: nightly training, hourly monitoring.
+
+`mmfuse orchestrate` is the one command that keeps the project running unattended: it
+reuses a Prefect API that already answers, or starts `prefect server start` (SQLite,
+PREFECT_HOME under the project, analytics off), then serves both deployments in this
+process until stopped. The flows are loaded from the project's flows/ files by entrypoint,
+so the runner executes the project's own code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from mmfuse.errors import MMFuseError
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+    from mmfuse.config import Params
+
+PREFECT_DIR = ".prefect"
+TRAINING_ENTRYPOINT = "flows/training.py:training_flow"
+MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring_flow"
+MONITORING_DEPLOYMENT = "hourly"
+NO_TELEMETRY = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true"}
+
+
+def api_answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether a Prefect API answers its health check at `url` (ending in /api)."""
+    try:
+        return httpx.get(f"{url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def server_env(project: Path, port: int) -> dict[str, str]:
+    """The server's environment: its state under the project, SQLite, no analytics."""
+    home = Path(project).resolve() / PREFECT_DIR
+    return {
+        **os.environ, **NO_TELEMETRY,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_ENABLED": "true",
+    }  # fmt: skip
+
+
+@contextmanager
+def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> Iterator[str]:
+    """Reuse the API at $PREFECT_API_URL if it answers, else run `prefect server start`; yield its URL.
+
+    A server started here is stopped (terminate, then kill) when the block ends.
+    """
+    existing = os.environ.get("PREFECT_API_URL")
+    if existing and api_answers(existing):
+        yield existing
+        return
+    url = f"http://127.0.0.1:{port}/api"
+    home = Path(project).resolve() / PREFECT_DIR
+    home.mkdir(parents=True, exist_ok=True)
+    prefect = [sys.executable, "-m", "prefect"]
+    with open(home / "server.log", "ab") as log:
+        process = subprocess.Popen(
+            [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_env(project, port), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not api_answers(url):
+            if process.poll() is not None:
+                raise MMFuseError(f"prefect server exited with {process.returncode}; see {home / 'server.log'}.")
+            if time.monotonic() > deadline:
+                raise MMFuseError(f"prefect server did not answer at {url} within {startup_timeout:.0f} s; see {home / 'server.log'}.")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def build_deployments(project: Path, params: "Params") -> list["RunnerDeployment"]:
+    """The training deployment (cron `monitor.training_cron`) and the monitoring one (`monitor.monitoring_cron`)."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+
+    root = Path(project).resolve()
+    monitor = params.monitor
+    training = load_flow_from_entrypoint(str(root / TRAINING_ENTRYPOINT), use_placeholder_flow=False)
+    monitoring = load_flow_from_entrypoint(str(root / MONITORING_ENTRYPOINT), use_placeholder_flow=False)
+    return [
+        training.to_deployment(
+            name=monitor.training_deployment, schedules=[Cron(monitor.training_cron, timezone=monitor.timezone)],
+            parameters={"project": str(root)}, tags=["mmfuse", "training"],
+            description="the DVC pipeline: nightly, and when monitoring sees drift",
+        ),
+        monitoring.to_deployment(
+            name=MONITORING_DEPLOYMENT, schedules=[Cron(monitor.monitoring_cron, timezone=monitor.timezone)],
+            parameters={"project": str(root)}, tags=["mmfuse", "monitoring"],
+            description="validate and drift-check the logged traffic; trigger training on drift",
+        ),
+    ]  # fmt: skip
+
+
+def orchestrate(project: Path, params: "Params") -> None:
+    """Start or reuse the Prefect server, register both deployments and serve them until stopped."""
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ.update(NO_TELEMETRY)
+    with prefect_server(project, params.monitor.prefect_port) as url:
+        os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            serve(*build_deployments(project, params), pause_on_shutdown=False)
+

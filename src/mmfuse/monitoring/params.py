@@ -1,0 +1,34 @@
+"""The `monitor:` section of params.yaml: reference, drift thresholds, schedules.
+
+Kept beside the code that reads it (like the other stages' params) so config.py only names it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MonitorParams(BaseModel):
+    """Every knob of the drift reference and the monitoring flow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference_split: Literal["train", "val", "test"] = "val"  # held out from training, so its scores are honest
+    reference_path: str = "data/reference/reference.parquet"  # used when the champion carries no reference
+    reference_batch: int = Field(64, ge=1)  # samples per model call while building it (memory only)
+    min_records: int = Field(50, ge=1)  # fewer logged requests than this is "not enough data", never drift
+    pca_components: int = Field(8, ge=1)  # embeddings are drift-tested on this many reference PCA projections
+    stattest_threshold: float = Field(0.05, gt=0, lt=1)  # p-value under which one column counts as drifted
+    drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted columns at which the window counts as drifted
+    min_feedback: int = Field(30, ge=1)  # labelled requests needed before live accuracy is judged
+    accuracy_drop: float = Field(0.10, ge=0, le=1)  # reference accuracy minus live accuracy that counts as drift
+    modality_tolerance: float = Field(0.25, ge=0, le=1)  # allowed gap between live and reference modality shares
+    training_deployment: str = "nightly"  # the training flow's deployment name: drift runs "mmfuse-training/<this>"
+    training_cron: str = "0 2 * * *"  # nightly retraining
+    monitoring_cron: str = "0 * * * *"  # hourly drift check
+    timezone: str = "UTC"
+    reports_dir: str = "reports/monitoring"
+    state_path: str = "data/monitoring/state.json"
+    prefect_port: int = Field(4200, ge=1, le=65535)  # the local Prefect server `mmfuse orchestrate` starts

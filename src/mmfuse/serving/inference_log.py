@@ -1,0 +1,304 @@
+"""The inference log: one SQLite row per served prediction, written off the request path.
+
+Monitoring reads it (`read_log`) to check live inputs for drift against the training
+reference and, once `/feedback` has brought the true label, to measure live accuracy.
+
+Why this shape:
+- SQLite in WAL mode: embedded, one file, readers never block the writer, and several
+  server worker processes can append to the same file (each has its own writer thread;
+  SQLite serialises their short transactions).
+- A background writer thread fed by a bounded queue: a request only pays for a
+  `put_nowait` (serialising the row is the writer's job); the writer batches whatever
+  has queued into one transaction. When the
+  queue is full (the disk cannot keep up) records are dropped and counted rather than
+  slowing or failing predictions: the log is for monitoring, the answer is for the user.
+- Retention by row count (`serve.log_max_rows`): the oldest rows go first, so the file
+  cannot grow without bound on a long-running server.
+- Input statistics are computed from the preprocessed tensors by `input_statistics`, a
+  pure function the drift reference can apply to the processed splits, so live and
+  reference statistics are measured the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+LOG_ENV = "MMFUSE_INFERENCE_LOG"
+DEFAULT_LOG = Path("data/inference/log.sqlite")
+SCHEMA_VERSION = 1
+STAT_COLUMNS: tuple[str, ...] = (
+    "image_bytes",
+    "audio_bytes",
+    "text_chars",
+    "image_mean",
+    "image_std",
+    "audio_mean",
+    "audio_std",
+    "text_tokens",
+    "text_unk_share",
+)
+_WRITE_BATCH = 512  # records per transaction at most: bounds how long one commit holds the write lock
+_LINGER_S = 0.05  # after a first record, let more arrive: one commit per ~50 ms under load, not one per request
+_BUSY_TIMEOUT_MS = 5000  # another worker's commit holds the lock for milliseconds; wait rather than fail
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS inference (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    endpoint TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    has_image INTEGER NOT NULL,
+    has_audio INTEGER NOT NULL,
+    has_text INTEGER NOT NULL,
+    {", ".join(f"{name} REAL" for name in STAT_COLUMNS)},
+    embedding BLOB NOT NULL,
+    prediction TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    probabilities TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    true_label TEXT,
+    feedback_ts REAL
+);
+CREATE INDEX IF NOT EXISTS inference_ts ON inference (ts);
+"""
+_COLUMNS = (
+    "request_id", "ts", "endpoint", "model_version", "has_image", "has_audio", "has_text",
+    *STAT_COLUMNS, "embedding", "prediction", "confidence", "probabilities", "latency_ms",
+)  # fmt: skip
+_INSERT = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_PRUNE = "DELETE FROM inference WHERE rowid <= (SELECT MAX(rowid) FROM inference) - ?"
+
+
+def log_path() -> Path:
+    """$MMFUSE_INFERENCE_LOG, else data/inference/log.sqlite under the working directory."""
+    return Path(os.environ.get(LOG_ENV) or DEFAULT_LOG)
+
+
+def input_statistics(
+    sample: dict[str, torch.Tensor], image_bytes: int | None, audio_bytes: int | None, text_chars: int | None
+) -> dict[str, float | None]:
+    """Per-request input statistics: raw sizes plus summaries of the preprocessed tensors.
+
+    `sample` is one output of `preprocess_sample`; an absent modality's statistics are None
+    (not zero), so monitoring can tell "missing" from "silent" or "blank".
+    """
+    present = dict(zip(("image", "audio", "text"), sample["mask"].tolist()))
+    stats: dict[str, float | None] = dict.fromkeys(STAT_COLUMNS)
+    if present["image"]:
+        stats.update(image_bytes=image_bytes, image_mean=float(sample["image"].mean()), image_std=float(sample["image"].std()))
+    if present["audio"]:
+        stats.update(audio_bytes=audio_bytes, audio_mean=float(sample["audio"].mean()), audio_std=float(sample["audio"].std()))
+    if present["text"]:
+        tokens = sample["text"]
+        count = int(torch.count_nonzero(tokens))
+        unknown = int(torch.count_nonzero(tokens == 1))
+        stats.update(text_chars=text_chars, text_tokens=count, text_unk_share=unknown / count if count else 0.0)
+    return stats
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One served prediction; `row` (run by the writer thread) turns it into the stored columns."""
+
+    request_id: str
+    ts: float  # unix seconds (UTC)
+    endpoint: str
+    model_version: str
+    present: tuple[bool, ...]  # image, audio, text: the modalities the model used
+    stats: dict[str, float | None]  # input_statistics(...)
+    embedding: np.ndarray  # float32 [modalities x embed_dim], flattened in mask order
+    prediction: str
+    confidence: float
+    probabilities: dict[str, float]
+    latency_ms: float
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.request_id, self.ts, self.endpoint, self.model_version, *(int(p) for p in self.present),
+            *(self.stats.get(name) for name in STAT_COLUMNS),
+            np.ascontiguousarray(self.embedding, dtype="<f4").tobytes(), self.prediction, self.confidence,
+            json.dumps(self.probabilities), self.latency_ms,
+        )  # fmt: skip
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, fast commits
+    return conn
+
+
+def ensure_schema(path: Path) -> None:
+    """Create the log file and table if needed (idempotent; safe from several processes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _connect(path)
+    try:
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    finally:
+        conn.close()
+
+
+class InferenceLog:
+    """Asynchronous appender for one log file; `record` never blocks and never raises."""
+
+    def __init__(self, path: Path, max_rows: int, queue_size: int) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.dropped = 0  # records refused because the queue was full
+        self.failed = 0  # records lost to an SQLite error
+        ensure_schema(self.path)
+        self._queue: queue.Queue[LogRecord | threading.Event | None] = queue.Queue(maxsize=queue_size)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
+        self._thread.start()
+
+    def record(self, record: LogRecord) -> bool:
+        """Queue one record for writing; False when it had to be dropped."""
+        if self._closed:
+            return False
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning("inference log queue full: %d records dropped so far", self.dropped)
+            return False
+        return True
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued before this call is committed; False on timeout."""
+        if self._closed:
+            return True
+        barrier = threading.Event()
+        try:
+            self._queue.put(barrier, timeout=timeout)
+        except queue.Full:
+            return False
+        return barrier.wait(timeout)
+
+    def feedback(self, request_id: str, label: str) -> str | None:
+        """Store the true label beside its request; return that request's prediction, None if unknown.
+
+        Synchronous, since the caller must learn whether the request exists. A prediction
+        this process made a moment ago may still sit in the queue, so it flushes once before
+        giving up. (With several workers, a request served by another process moments ago can
+        still be in that process's queue; a client retrying a 404 later gets it stored.)
+        """
+        for attempt in range(2):
+            conn = _connect(self.path)
+            try:
+                updated = conn.execute(
+                    "UPDATE inference SET true_label = ?, feedback_ts = ? WHERE request_id = ? RETURNING prediction",
+                    (label, time.time(), request_id),
+                ).fetchone()
+            finally:
+                conn.close()
+            if updated is not None:
+                return str(updated[0])
+            if attempt == 0:
+                self.flush()
+        return None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop the writer thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn = _connect(self.path)
+        try:
+            stop = False
+            while not stop:
+                items = [self._queue.get()]
+                if isinstance(items[0], LogRecord):
+                    time.sleep(_LINGER_S)
+                while len(items) < _WRITE_BATCH:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                records = [item for item in items if isinstance(item, LogRecord)]
+                if records:
+                    self._write(conn, records)
+                for item in items:
+                    if isinstance(item, threading.Event):
+                        item.set()
+                stop = any(item is None for item in items)
+        finally:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, records: list[LogRecord]) -> None:
+        rows = []
+        for record in records:
+            try:
+                rows.append(record.row())
+            except Exception:  # one malformed record must neither stop the writer nor take its batch down
+                self.failed += 1
+                logger.exception("inference log: record %s could not be prepared", record.request_id)
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(_INSERT, rows)
+                conn.execute(_PRUNE, (self.max_rows,))
+        except sqlite3.Error:
+            self.failed += len(rows)
+            logger.exception("inference log: %d records could not be written to %s", len(rows), self.path)
+
+
+def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
+    """The log as a DataFrame, oldest first, optionally only rows at or after `since`.
+
+    Columns: request_id, time (UTC), endpoint, model_version, has_image/has_audio/has_text
+    (bool: modalities the model used), the input statistics (STAT_COLUMNS; NaN where a
+    modality is absent), embedding (float32 array, modalities x embed_dim flattened in
+    image/audio/text order), prediction, confidence, probabilities (dict label -> p),
+    latency_ms, true_label (None until feedback arrives) and feedback_time.
+    A naive `since` is taken as UTC. A log that does not exist yet reads as empty.
+    """
+    columns = [
+        "request_id", "time", "endpoint", "model_version", "has_image", "has_audio", "has_text",
+        *STAT_COLUMNS, "embedding", "prediction", "confidence", "probabilities", "latency_ms",
+        "true_label", "feedback_time",
+    ]  # fmt: skip
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    after = float("-inf")
+    if since is not None:
+        after = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+    try:
+        frame = pd.read_sql_query(
+            "SELECT * FROM inference WHERE ts >= ? ORDER BY ts, rowid", conn, params=(after,)
+        )
+    finally:
+        conn.close()
+    frame["time"] = pd.to_datetime(frame.pop("ts"), unit="s", utc=True)
+    frame["feedback_time"] = pd.to_datetime(frame.pop("feedback_ts"), unit="s", utc=True)
+    for name in ("has_image", "has_audio", "has_text"):
+        frame[name] = frame[name].astype(bool)
+    frame["embedding"] = [np.frombuffer(blob, dtype="<f4").copy() for blob in frame["embedding"]]
+    frame["probabilities"] = [json.loads(text) for text in frame["probabilities"]]
+    frame[list(STAT_COLUMNS)] = frame[list(STAT_COLUMNS)].astype(float)
+    frame["true_label"] = frame["true_label"].astype(object).where(frame["true_label"].notna(), None)
+    return frame[columns]

@@ -1,0 +1,192 @@
+"""The champion, ready to answer: training's preprocessing, the calibrated model call, the explanation.
+
+Free of HTTP and BentoML, so the service, the latency benchmark (in-process baseline) and
+tests all run exactly this code. Preprocessing is `preprocess_sample` with the state
+stored in the model artifact: the service has no transform of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+
+from mmfuse.errors import MediaError, MMFuseError
+from mmfuse.models.artifact import load_model
+from mmfuse.models.params import MODALITIES
+from mmfuse.preprocess.sample import preprocess_sample
+from mmfuse.preprocess.state import PreprocessState
+from mmfuse.serving.inference_log import input_statistics
+
+CALIBRATION = "calibration.json"
+
+
+class InputProblem(MMFuseError):
+    """A request the model cannot answer, with the field to blame (`body` when it is no one field)."""
+
+    def __init__(self, field: str, message: str, kind: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """One sample: media bytes (a request's uploads) or files (the drift reference's split), and the text."""
+
+    image: bytes | Path | None = None
+    audio: bytes | Path | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    """A validated, preprocessed sample and what it carried (raw sizes, for the inference log)."""
+
+    tensors: dict[str, torch.Tensor]
+    used: tuple[str, ...]  # given and used by this model, in mask order
+    ignored: tuple[str, ...]  # given but not an input of this model
+    image_bytes: int | None
+    audio_bytes: int | None
+    text_chars: int | None
+
+    @property
+    def stats(self) -> dict[str, float | None]:
+        """The input statistics the inference log stores, computed only when asked for."""
+        return input_statistics(self.tensors, self.image_bytes, self.audio_bytes, self.text_chars)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The model's answer for one sample."""
+
+    probabilities: torch.Tensor  # [C], calibrated
+    unimodal: torch.Tensor  # [M, C]: each model modality's auxiliary head alone
+    embedding: torch.Tensor  # [M, D]: per-modality embeddings (absent ones: the learned missing embedding)
+
+
+class Contribution(BaseModel):
+    """How one modality bears on the decision, read from its auxiliary (unimodal) head."""
+
+    share: float = Field(description="this modality's part of the support for the decided label; shares sum to 1")
+    support: float = Field(description="the probability this modality alone gives the decided label")
+    label: str = Field(description="the label this modality alone would predict")
+
+
+class Prediction(BaseModel):
+    """The answer for one sample."""
+
+    request_id: str = Field(description="quote it to POST /feedback once the true label is known")
+    label: str
+    confidence: float = Field(description="calibrated probability of `label`")
+    probabilities: dict[str, float] = Field(description="calibrated probability of every label")
+    modalities_used: list[str]
+    modalities_ignored: list[str] = Field(description="given, but not inputs of this model")
+    contributions: dict[str, Contribution] = Field(description="per used modality")
+    driver: str = Field(description="the used modality with the largest share")
+    model_version: str
+
+
+def read_temperature(artifact_dir: Path) -> float:
+    """The calibration temperature stored beside the weights; 1 (no scaling) when there is none."""
+    path = Path(artifact_dir) / CALIBRATION
+    if not path.exists():
+        return 1.0
+    try:
+        temperature = float(json.loads(path.read_text())["temperature"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MMFuseError(f"{path}: expected {{\"temperature\": <positive number>}} ({exc}).") from exc
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise MMFuseError(f"{path}: temperature must be a positive finite number, got {temperature}.")
+    return temperature
+
+
+def _media_problem(exc: MediaError) -> InputProblem:
+    """preprocess_sample names the modality first ("audio: ...")."""
+    field, sep, message = str(exc).partition(": ")
+    if sep and field in MODALITIES:
+        return InputProblem(field, message, "media")
+    return InputProblem("body", str(exc), "media")
+
+
+def _size(source: bytes | Path | None) -> int | None:
+    if source is None:
+        return None
+    return source.stat().st_size if isinstance(source, Path) else len(source)
+
+
+class Predictor:
+    """A model artifact loaded for serving (eval mode, its preprocessing state, its calibration)."""
+
+    def __init__(self, artifact_dir: Path, version: str) -> None:
+        self.model, config = load_model(Path(artifact_dir))
+        self.state = PreprocessState.from_dict(config["preprocessing"])
+        self.labels: list[str] = [str(label) for label in config["labels"]]
+        self.modalities: tuple[str, ...] = tuple(self.model.spec.modalities)
+        self.temperature = read_temperature(Path(artifact_dir))
+        self.version = version
+
+    def prepare(self, sample: RawSample) -> PreparedSample:
+        """Validate and preprocess one sample; raises InputProblem naming the field."""
+        values = {"image": sample.image, "audio": sample.audio, "text": sample.text}
+        given = tuple(m for m in MODALITIES if (bool(values[m]) if m == "text" else values[m] is not None))
+        if not given:
+            raise InputProblem("body", "no modality given: send at least one of image, audio, text.", "missing")
+        used = tuple(m for m in given if m in self.modalities)
+        if not used:
+            raise InputProblem(
+                given[0],
+                f"this model reads {', '.join(self.modalities)}; the request carries only {', '.join(given)}.",
+                "unsupported",
+            )
+        image = sample.image if "image" in used else None
+        audio = sample.audio if "audio" in used else None
+        text = sample.text if "text" in used else None
+        try:
+            tensors = preprocess_sample(image, audio, text, self.state)
+        except MediaError as exc:
+            raise _media_problem(exc) from exc
+        ignored = tuple(m for m in given if m not in used)
+        return PreparedSample(tensors, used, ignored, _size(image), _size(audio), len(text) if text else None)
+
+    def forward(self, samples: list[PreparedSample]) -> list[Scores]:
+        """One model call for a batch: calibrated probabilities, unimodal probabilities, embeddings."""
+        keys = (*self.modalities, "mask")
+        batch = {key: torch.stack([s.tensors[key] for s in samples]) for key in keys}
+        with torch.inference_mode():
+            present = self.model.presence(batch)
+            embedding = self.model.encode(batch, present)
+            logits, aux = self.model.fuse(embedding, present)
+            probabilities = torch.softmax(logits / self.temperature, dim=1)
+            unimodal = torch.softmax(aux, dim=2)
+        return [Scores(probabilities[i], unimodal[i], embedding[i]) for i in range(len(samples))]
+
+    def explain(self, sample: PreparedSample, scores: Scores, request_id: str) -> Prediction:
+        """The response for one sample: label, probabilities, and each used modality's contribution."""
+        best = int(torch.argmax(scores.probabilities))
+        support = {m: float(scores.unimodal[self.modalities.index(m), best]) for m in sample.used}
+        total = sum(support.values())
+        contributions = {
+            m: Contribution(
+                share=support[m] / total if total > 0 else 1.0 / len(support),
+                support=support[m],
+                label=self.labels[int(torch.argmax(scores.unimodal[self.modalities.index(m)]))],
+            )
+            for m in sample.used
+        }
+        return Prediction(
+            request_id=request_id,
+            label=self.labels[best],
+            confidence=float(scores.probabilities[best]),
+            probabilities=dict(zip(self.labels, scores.probabilities.tolist())),
+            modalities_used=list(sample.used),
+            modalities_ignored=list(sample.ignored),
+            contributions=contributions,
+            driver=max(contributions, key=lambda m: contributions[m].share),
+            model_version=self.version,
+        )

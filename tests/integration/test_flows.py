@@ -1,0 +1,106 @@
+"""Monitoring against real Prefect: the flow triggers the real training deployment once per
+drifted window; the deployments register with their schedules on a real `prefect server start`.
+Also the drift reference and the traffic simulator against the in-process service.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest_flows import prefect_server  # noqa: F401 (session fixture)
+from test_service_support import LABELS, build_artifact, free_port, running
+
+from mmfuse.config import Params
+from mmfuse.monitoring.orchestrate import build_deployments, prefect_server as local_server
+from mmfuse.monitoring.params import MonitorParams
+from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
+from mmfuse.monitoring.traffic import simulate_traffic
+from mmfuse.serving.inference_log import read_log
+
+ROOT = Path(__file__).resolve().parents[2]
+# The synthetic reference and traffic of the unit tests (one implementation for both levels).
+_spec = importlib.util.spec_from_file_location("monitoring_synthetic", ROOT / "tests" / "unit" / "test_monitoring.py")
+synthetic = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = synthetic
+_spec.loader.exec_module(synthetic)
+
+sys.path.insert(0, str(ROOT / "flows"))
+from monitoring import monitoring_flow  # noqa: E402
+from training import training_flow  # noqa: E402
+
+MONITOR = {"min_records": 40, "min_feedback": 30, "pca_components": 4, "training_deployment": "drift-test"}
+
+
+def training_runs(deployment_id) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+    return len(runs)
+
+
+def test_monitoring_flow_triggers_the_training_deployment_once_per_drifted_window(prefect_server, tmp_path):  # noqa: F811
+    project, log = tmp_path, tmp_path / "log.sqlite"
+    (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
+    synthetic.reference_file(project / MonitorParams().reference_path)
+    deployment_id = training_flow.to_deployment(name="drift-test", parameters={"project": str(project)}).apply()
+    now = datetime.now(timezone.utc)
+    synthetic.log_traffic(log, 100, seed=11, start=now - timedelta(hours=3))
+    calm = monitoring_flow(project=str(project), log=str(log))
+    assert calm["status"] == "ok" and training_runs(deployment_id) == 0
+    synthetic.log_traffic(log, 100, seed=12, start=datetime.now(timezone.utc), shift=1.5)
+    drifted = monitoring_flow(project=str(project), log=str(log))
+    assert drifted["status"] == "drift" and drifted["triggered"] and training_runs(deployment_id) == 1
+    synthetic.log_traffic(log, 100, seed=13, start=datetime.now(timezone.utc), shift=1.5)
+    still = monitoring_flow(project=str(project), log=str(log))
+    assert still["status"] == "drift" and still["triggered"] is None and training_runs(deployment_id) == 1
+
+
+def test_deployments_register_with_their_schedules_on_a_local_server(tmp_path, monkeypatch):
+    """A real `prefect server start` (own PREFECT_HOME in tmp, random port), stopped afterwards."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    params = Params(monitor=MonitorParams(training_cron="30 3 * * *", monitoring_cron="15 * * * *"))
+    with local_server(tmp_path, free_port(), startup_timeout=180) as url, temporary_settings({PREFECT_API_URL: url}):
+        for deployment in build_deployments(ROOT, params):
+            deployment.apply()
+        with get_client(sync_client=True) as client:
+            training = client.read_deployment_by_name("mmfuse-training/nightly")
+            monitoring = client.read_deployment_by_name("mmfuse-monitoring/hourly")
+    assert [s.schedule.cron for s in training.schedules] == ["30 3 * * *"]
+    assert [s.schedule.cron for s in monitoring.schedules] == ["15 * * * *"]
+    assert training.parameters == {"project": str(ROOT)} and (tmp_path / ".prefect" / "prefect.db").exists()
+
+
+def test_the_reference_is_the_log_contract_and_deterministic(tiny_dataset, tmp_path):
+    artifact = build_artifact(tmp_path / "artifact")
+    first = build_reference(artifact, tiny_dataset, "val", tmp_path / "a" / "reference.parquet")
+    second = build_reference(artifact, tiny_dataset, "val", tmp_path / "b" / "reference.parquet")
+    assert first.read_bytes() == second.read_bytes()
+    frame = read_reference(first)
+    assert list(frame.columns) == list(REFERENCE_COLUMNS) and len(frame) == 6  # 3 labels x 2 val samples
+    log_columns = set(read_log(tmp_path / "none.sqlite").columns)
+    assert set(REFERENCE_COLUMNS) - {"sample_id"} <= log_columns
+    assert frame["embedding"].iloc[0].shape == (24,) and frame[["has_image", "has_audio", "has_text"]].all().all()
+
+
+def test_the_simulator_sends_shifted_requests_and_feedback(tiny_dataset, tmp_path):
+    log = tmp_path / "log.sqlite"
+    manifest = tiny_dataset.read_text().splitlines()
+    named = [manifest[0], *(",".join([r.split(",")[0], LABELS[int(r.split(",")[1])], *r.split(",")[2:]]) for r in manifest[1:])]
+    tiny_dataset.write_text("\n".join(named) + "\n")  # the tiny champion's label names, so /feedback accepts them
+    with running(log) as client:
+        counts = simulate_traffic("http://testserver", tiny_dataset, 8, "audio-noise", seed=0, token=None,
+                                  feedback=1.0, client=client)  # fmt: skip
+    assert counts["sent"] == counts["answered"] == 8 and counts["feedback"] == 8 and counts["errors"] == {} == counts["feedback_errors"]
+    frame = read_log(log)
+    assert len(frame) == 8 and frame["true_label"].notna().all()

@@ -1,0 +1,189 @@
+"""The inference log: WAL SQLite written by a background thread, retention, feedback, the reader."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mmfuse.serving.inference_log import (
+    LOG_ENV,
+    STAT_COLUMNS,
+    InferenceLog,
+    LogRecord,
+    input_statistics,
+    log_path,
+    read_log,
+)
+
+
+def record(request_id: str, ts: float | None = None, prediction: str = "one") -> LogRecord:
+    """A prediction from an image and a text (no audio), as the service logs it."""
+    return LogRecord(
+        request_id=request_id,
+        ts=time.time() if ts is None else ts,
+        endpoint="predict",
+        model_version="mmfuse:test",
+        present=(True, False, True),
+        stats=input_statistics(
+            {
+                "image": torch.full((1, 2, 2), 0.5),
+                "audio": torch.zeros(2, 3),
+                "text": torch.tensor([4, 5, 1, 0]),
+                "mask": torch.tensor([True, False, True]),
+            },
+            image_bytes=100, audio_bytes=None, text_chars=3,
+        ),
+        embedding=np.arange(6, dtype=np.float32),
+        prediction=prediction,
+        confidence=0.75,
+        probabilities={"zero": 0.25, "one": 0.75},
+        latency_ms=1.5,
+    )
+
+
+@pytest.fixture
+def log(tmp_path: Path):
+    log = InferenceLog(tmp_path / "inference" / "log.sqlite", max_rows=1000, queue_size=100)
+    yield log
+    log.close()
+
+
+def test_records_round_trip_through_the_reader(log):
+    assert log.record(record("a" * 32))
+    assert log.flush()
+    frame = read_log(log.path)
+    assert len(frame) == 1
+    row = frame.iloc[0]
+    assert row["request_id"] == "a" * 32 and row["endpoint"] == "predict" and row["model_version"] == "mmfuse:test"
+    assert (row["has_image"], row["has_audio"], row["has_text"]) == (True, False, True)
+    assert row["image_bytes"] == 100 and row["image_mean"] == 0.5 and row["image_std"] == 0.0
+    assert row["text_chars"] == 3 and row["text_tokens"] == 3 and row["text_unk_share"] == pytest.approx(1 / 3)
+    assert np.isnan(row["audio_bytes"]) and np.isnan(row["audio_mean"])
+    assert row["embedding"].dtype == np.float32 and row["embedding"].tolist() == list(range(6))
+    assert row["probabilities"] == {"zero": 0.25, "one": 0.75} and row["prediction"] == "one" and row["confidence"] == 0.75
+    assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
+    assert row["true_label"] is None and frame["feedback_time"].isna().all()
+
+
+def test_the_file_is_in_wal_mode(log):
+    log.record(record("b" * 32))
+    log.flush()
+    with sqlite3.connect(log.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_record_does_not_wait_for_the_disk(log, monkeypatch):
+    gate = threading.Event()
+    write = log._write
+    monkeypatch.setattr(log, "_write", lambda conn, records: (gate.wait(5), write(conn, records)))
+    started = time.perf_counter()
+    for i in range(50):
+        log.record(record(f"{i:032x}"))
+    assert time.perf_counter() - started < 0.5  # the writer is blocked, yet recording returned at once
+    gate.set()
+    assert log.flush()
+    assert len(read_log(log.path)) == 50
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, monkeypatch):
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=1000, queue_size=2)
+    gate = threading.Event()
+    write = log._write
+    monkeypatch.setattr(log, "_write", lambda conn, records: (gate.wait(5), write(conn, records)))
+    results = [log.record(record(f"{i:032x}")) for i in range(10)]
+    assert not all(results) and log.dropped == results.count(False)
+    gate.set()
+    log.close()
+    assert len(read_log(log.path)) == results.count(True)
+
+
+def test_retention_keeps_the_newest_rows(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=5, queue_size=100)
+    for i in range(12):
+        log.record(record(f"{i:032x}", ts=1000.0 + i))
+        log.flush()
+    log.close()
+    assert read_log(log.path)["request_id"].tolist() == [f"{i:032x}" for i in range(7, 12)]
+
+
+def test_feedback_is_stored_beside_its_request(log):
+    log.record(record("c" * 32, prediction="one"))  # still queued: feedback must find it anyway
+    assert log.feedback("c" * 32, "zero") == "one"
+    row = read_log(log.path).iloc[0]
+    assert row["true_label"] == "zero" and pd.notna(row["feedback_time"])
+
+
+def test_feedback_for_an_unknown_request_is_none(log):
+    assert log.feedback("d" * 32, "zero") is None
+
+
+def test_since_filters_by_time_and_naive_means_utc(log):
+    now = datetime.now(timezone.utc)
+    log.record(record("e" * 32, ts=(now - timedelta(hours=2)).timestamp()))
+    log.record(record("f" * 32, ts=now.timestamp()))
+    log.flush()
+    assert read_log(log.path, since=now - timedelta(hours=1))["request_id"].tolist() == ["f" * 32]
+    naive = (now - timedelta(hours=1)).replace(tzinfo=None)
+    assert read_log(log.path, since=naive)["request_id"].tolist() == ["f" * 32]
+    assert len(read_log(log.path)) == 2
+
+
+def test_the_log_survives_a_restart_and_two_writers_share_it(tmp_path):
+    path = tmp_path / "log.sqlite"
+    first = InferenceLog(path, max_rows=1000, queue_size=100)
+    first.record(record("1" * 32))
+    first.close()
+    second, third = (InferenceLog(path, max_rows=1000, queue_size=100) for _ in range(2))  # two worker processes
+    for i in range(20):
+        second.record(record(f"2{i:031x}"))
+        third.record(record(f"3{i:031x}"))
+    second.close()
+    third.close()
+    ids = read_log(path)["request_id"].tolist()
+    assert len(ids) == 41 and "1" * 32 in ids
+
+
+def test_a_record_that_cannot_be_written_does_not_stop_the_writer(log):
+    broken = record("9" * 32)
+    object.__setattr__(broken, "present", None)  # row() fails in the writer thread
+    log.record(broken)
+    log.record(record("8" * 32))  # most likely in the same batch: it must still be written
+    assert log.flush()
+    assert log.failed == 1
+    log.record(record("7" * 32))
+    assert log.flush()
+    assert set(read_log(log.path)["request_id"]) == {"8" * 32, "7" * 32}
+
+
+def test_a_missing_log_reads_as_an_empty_frame(tmp_path):
+    frame = read_log(tmp_path / "nowhere.sqlite")
+    assert frame.empty and {"request_id", "time", "embedding", "true_label", *STAT_COLUMNS} <= set(frame.columns)
+
+
+def test_the_default_location_is_under_the_working_dir_unless_configured(monkeypatch, tmp_path):
+    monkeypatch.delenv(LOG_ENV, raising=False)
+    assert log_path() == Path("data/inference/log.sqlite")
+    monkeypatch.setenv(LOG_ENV, str(tmp_path / "x.sqlite"))
+    assert log_path() == tmp_path / "x.sqlite"
+
+
+def test_input_statistics_are_none_for_absent_modalities():
+    sample = {
+        "image": torch.zeros(1, 4, 4),
+        "audio": torch.tensor([[1.0, 3.0]]),
+        "text": torch.tensor([5, 1, 7, 0, 0]),
+        "mask": torch.tensor([False, True, True]),
+    }
+    stats = input_statistics(sample, image_bytes=None, audio_bytes=44, text_chars=3)
+    assert stats["image_bytes"] is None and stats["image_mean"] is None and stats["image_std"] is None
+    assert stats["audio_bytes"] == 44 and stats["audio_mean"] == 2.0
+    assert stats["text_chars"] == 3 and stats["text_tokens"] == 3 and stats["text_unk_share"] == pytest.approx(1 / 3)
+    assert set(stats) == set(STAT_COLUMNS)

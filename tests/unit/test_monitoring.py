@@ -1,0 +1,157 @@
+"""Monitoring checks on synthetic traffic written with the service's own InferenceLog writer.
+
+The reference is synthetic too (same columns as `build_reference` writes), with statistics
+drawn from fixed distributions; "undrifted" traffic is drawn from the same ones, "shifted"
+traffic moves the embeddings and the audio statistics.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse.monitoring.check import run_check
+from mmfuse.monitoring.params import MonitorParams
+from mmfuse.monitoring.reference import read_reference, write_reference
+from mmfuse.monitoring.state import load_state
+from mmfuse.serving.inference_log import STAT_COLUMNS, InferenceLog, LogRecord
+
+LABELS = ("zero", "one", "two")
+DIM = 24  # 3 modalities x embed_dim 8, as the tiny service model
+PARAMS = MonitorParams(min_records=40, min_feedback=30, pca_components=4)
+
+
+def draw(n: int, seed: int, shift: float = 0.0, accuracy: float = 0.9) -> dict[str, Any]:
+    """Columns of n samples; `shift` moves embeddings and audio statistics by that many std."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(LABELS, n)
+    wrong = rng.random(n) > accuracy
+    prediction = np.where(wrong, rng.choice(LABELS, n), truth)
+    stats = {
+        "image_bytes": rng.normal(600, 50, n), "audio_bytes": rng.normal(16000, 500, n) * (1 + 0.2 * shift),
+        "text_chars": rng.integers(3, 20, n).astype(float), "image_mean": rng.normal(0, 1, n),
+        "image_std": rng.normal(1, 0.1, n), "audio_mean": rng.normal(0, 1, n) + shift,
+        "audio_std": rng.normal(1, 0.1, n) * (1 + shift), "text_tokens": rng.integers(3, 20, n).astype(float),
+        "text_unk_share": rng.uniform(0, 0.1, n),
+    }  # fmt: skip
+    embedding = rng.normal(0, 1, (n, DIM)).astype(np.float32) + np.float32(shift)
+    return {"truth": truth, "prediction": prediction, "stats": stats, "embedding": embedding}
+
+
+def reference_file(path: Path) -> Path:
+    d = draw(300, seed=1)
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(300)], "has_image": True, "has_audio": True, "has_text": True})
+    for name in STAT_COLUMNS:
+        frame[name] = d["stats"][name]
+    frame["embedding"] = list(d["embedding"])
+    frame["prediction"], frame["confidence"], frame["true_label"] = d["prediction"], 0.8, d["truth"]
+    write_reference(frame, path)
+    return path
+
+
+def log_traffic(log: Path, n: int, seed: int, start: datetime, shift: float = 0.0, accuracy: float = 0.9,
+                feedback: bool = False) -> None:  # fmt: skip
+    """Write n requests with the real writer, then feedback (the true label) for each if asked."""
+    d = draw(n, seed, shift, accuracy)
+    writer = InferenceLog(log, max_rows=100_000, queue_size=10_000)
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    for i, request_id in enumerate(ids):
+        writer.record(LogRecord(
+            request_id=request_id, ts=(start + timedelta(seconds=i)).timestamp(), endpoint="predict",
+            model_version="mmfuse:test", present=(True, True, True),
+            stats={name: float(d["stats"][name][i]) for name in STAT_COLUMNS}, embedding=d["embedding"][i],
+            prediction=str(d["prediction"][i]), confidence=0.8,
+            probabilities={label: 0.8 if label == d["prediction"][i] else 0.1 for label in LABELS}, latency_ms=3.0,
+        ))  # fmt: skip
+    writer.flush()
+    if feedback:
+        for i, request_id in enumerate(ids):
+            writer.feedback(request_id, str(d["truth"][i]))
+    writer.close()
+
+
+class Counter:
+    """A trigger that counts the training runs it would have started."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, summary: dict[str, Any]) -> str:
+        self.calls.append(summary)
+        return f"run-{len(self.calls)}"
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return tmp_path, tmp_path / "log.sqlite", reference_file(tmp_path / "reference.parquet")
+
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def check(project: Path, log: Path, ref: Path, trigger: Counter, at: datetime, params: MonitorParams = PARAMS):
+    return run_check(project, params, trigger, log=log, reference=ref, now=at)
+
+
+def test_reference_round_trips_with_list_embeddings(setup):
+    _, _, ref = setup
+    frame = read_reference(ref)
+    assert frame["embedding"].iloc[0].dtype == np.float32 and frame["embedding"].iloc[0].shape == (DIM,)
+    again = ref.with_name("again.parquet")
+    write_reference(frame, again)
+    assert again.read_bytes() == ref.read_bytes()  # deterministic bytes: DVC sees no change
+
+
+def test_undrifted_traffic_is_not_drift_and_triggers_nothing(setup):
+    project, log, ref = setup
+    log_traffic(log, 120, seed=2, start=T0)
+    trigger = Counter()
+    result = check(project, log, ref, trigger, T0 + timedelta(hours=1))
+    assert result.status == "ok", result.summary["drift"]
+    assert trigger.calls == [] and result.triggered is None
+    assert result.summary["log_checks"]["success"], result.summary["log_checks"]["failed"]
+    latest = project / PARAMS.reports_dir
+    assert (latest / "latest.json").exists() and list(latest.glob("*/drift.html"))
+
+
+def test_shifted_traffic_triggers_once_per_drifted_window(setup):
+    project, log, ref = setup
+    trigger = Counter()
+    log_traffic(log, 120, seed=3, start=T0)
+    assert check(project, log, ref, trigger, T0 + timedelta(hours=1)).status == "ok"
+    log_traffic(log, 120, seed=4, start=T0 + timedelta(hours=1, seconds=1), shift=1.5)
+    first = check(project, log, ref, trigger, T0 + timedelta(hours=2))
+    assert first.status == "drift" and first.triggered == "run-1"
+    assert first.summary["drift"]["columns"]["embedding_pc1"]["group"] == "embedding"
+    log_traffic(log, 120, seed=5, start=T0 + timedelta(hours=2, seconds=1), shift=1.5)
+    second = check(project, log, ref, trigger, T0 + timedelta(hours=3))
+    assert second.status == "drift" and second.triggered is None and second.records == 120
+    assert len(trigger.calls) == 1
+    assert load_state(project / PARAMS.state_path).drifted
+
+
+def test_too_few_records_is_reported_as_such_and_the_window_stays_open(setup):
+    project, log, ref = setup
+    log_traffic(log, 10, seed=6, start=T0, shift=3.0)
+    trigger = Counter()
+    result = check(project, log, ref, trigger, T0 + timedelta(hours=1))
+    assert result.status == "insufficient_data" and "10 logged requests" in result.summary["detail"]
+    assert trigger.calls == [] and load_state(project / PARAMS.state_path).last_check is None
+
+
+def test_a_live_accuracy_drop_counts_as_drift(setup):
+    project, log, ref = setup
+    log_traffic(log, 120, seed=7, start=T0, accuracy=0.3, feedback=True)
+    trigger = Counter()
+    result = check(project, log, ref, trigger, T0 + timedelta(hours=1))
+    accuracy = result.summary["accuracy"]
+    assert accuracy["dropped"] and accuracy["live"] < accuracy["reference"] - PARAMS.accuracy_drop
+    assert not result.summary["drift"]["drifted"]  # inputs look the same: only the labels tell
+    assert result.status == "drift" and len(trigger.calls) == 1
+    assert len(result.summary["accuracy_trend"]) == 1 and list((project / PARAMS.reports_dir).glob("*/accuracy.html"))
