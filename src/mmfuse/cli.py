@@ -113,6 +113,7 @@ def evaluate() -> None:
     run_evaluation(
         paths.PROCESSED, dataset_manifest(params.data), paths.MODELS, params.evaluate,
         paths.REPORTS / "evaluation", paths.PLOTS, paths.METRICS / "evaluate.json", paths.MODELS / "calibration.json",
+        train_metrics_path=paths.METRICS / "train.json",
     )  # fmt: skip
     console.print(f"[green]evaluated[/]: report in {paths.REPORTS / 'evaluation' / 'index.html'}")
 

@@ -12,7 +12,11 @@ from project_tools import run
 ROOT = Path(__file__).resolve().parents[2]
 
 # Params that keep every stage quick on a dataset this small.
-FAST_PARAMS: dict[str, dict] = {}
+FAST_PARAMS: dict[str, dict] = {
+    "train": {"epochs": 2, "head_epochs": 2, "patience": 2, "batch_size": 4},
+    "evaluate": {"latency_repeats": 1, "latency_batch": 8, "workers": 1},
+    "monitor": {"reference_split": "val"},
+}
 
 
 def _merge(target: dict, overrides: dict) -> None:

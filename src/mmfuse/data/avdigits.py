@@ -130,7 +130,7 @@ def pair_clips(labels: np.ndarray, splits: np.ndarray, clips: list[Clip], params
     return paired
 
 
-def _typos(word: str, rate: float, rng: np.random.Generator) -> str:
+def typos(word: str, rate: float, rng: np.random.Generator) -> str:
     out = []
     for char in word:
         if rng.random() >= rate:
@@ -152,7 +152,7 @@ def noisy_transcript(digit: int, noise: TextNoise, rng: np.random.Generator) -> 
     if draw < noise.p_correct:
         form = rng.integers(len(noise.languages) + 1)
         word = str(digit) if form == len(noise.languages) else DIGIT_WORDS[noise.languages[form]][digit]
-        return _typos(word, noise.typo_rate, rng)
+        return typos(word, noise.typo_rate, rng)
     if draw < noise.p_correct + noise.p_wrong:
         other = (digit + 1 + rng.integers(9)) % 10
         return DIGIT_WORDS[noise.languages[rng.integers(len(noise.languages))]][other]

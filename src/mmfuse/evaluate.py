@@ -1,0 +1,277 @@
+"""Stage 5, evaluate: the fusion model and every dedicated baseline on the test split.
+
+Metrics per model, every modality subset (via evaluate_subsets), calibration with a
+temperature fitted on val, noise-robustness curves from the raw test media, per-speaker
+results, complexity, and a self-contained report. Everything is computed first and
+written last, one atomic file at a time, so a failure leaves the previous outputs intact.
+
+Determinism: inference runs with deterministic kernels and a fixed thread count and all
+noise is seeded, so the metrics, plot, calibration, details and Markdown files are
+byte-identical across runs on the same inputs. Timings and memory vary, so they live only
+in reports/.../complexity.json and the HTML (outputs declared `cache: false`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from scipy.special import softmax
+
+from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.evaluation import complexity
+from mmfuse.evaluation.calibration import calibrate, expected_calibration_error
+from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
+from mmfuse.evaluation.metrics import classification_metrics, confusion_rows
+from mmfuse.evaluation.params import EvaluateParams
+from mmfuse.evaluation.predict import FUSED, REFERENCE, accuracy, late_fusion_logits, model_logits, scored_rows
+from mmfuse.evaluation.report import figures, render_html, render_markdown
+from mmfuse.evaluation.robustness import robustness_curves, robustness_rows
+from mmfuse.io import atomic_file, write_json
+from mmfuse.models.artifact import WEIGHTS, load_model
+from mmfuse.models.classifier import MultimodalClassifier, nonempty_subsets, subset_name
+from mmfuse.models.data import load_split
+from mmfuse.models.params import MODALITIES
+from mmfuse.models.scoring import subset_scores
+from mmfuse.preprocess.state import PreprocessState
+from mmfuse.train import deterministic
+
+__all__ = ["run_evaluation", "score_artifact"]
+
+SPLIT = "test"
+
+
+def _load_models(models_dir: Path) -> tuple[dict[str, MultimodalClassifier], dict[str, Any]]:
+    """{FUSED: candidate, <subset>: dedicated baseline, ...} in subset order, and the candidate's config."""
+    fused, config = load_model(models_dir / "candidate")
+    models = {FUSED: fused}
+    for subset in nonempty_subsets(MODALITIES)[:-1]:
+        models[subset_name(subset)] = load_model(models_dir / "baselines" / subset_name(subset))[0]
+    return models, config
+
+
+def _speakers(
+    speakers: np.ndarray, labels: torch.Tensor, logits: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Per speaker: each model's accuracy, the best dedicated single-modality model, and whether the
+    fusion model falls below it (the case the speaker-held-out split exists to reveal)."""
+    results: dict[str, Any] = {}
+    for speaker in sorted(set(speakers.tolist()) - {""}):
+        selected = torch.from_numpy(speakers == speaker)
+        scores = {name: accuracy(logits[name], labels, rows[name] & selected) for name in logits if bool((rows[name] & selected).any())}
+        singles = {m: scores[m] for m in MODALITIES if m in scores}
+        best = max(singles, key=singles.__getitem__)
+        results[speaker] = {
+            "count": int(selected.sum()),
+            "accuracy": scores,
+            "best_single": best,
+            "fusion_worse": scores[FUSED] < singles[best],
+        }
+    return results
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with atomic_file(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_plots(plots_dir: Path, results: dict[str, Any], confusion: list[tuple[str, str]]) -> None:
+    """DVC plot data: confusion (actual,predicted per sample), robustness, reliability, subsets."""
+    _write_csv(plots_dir / "confusion.csv", ["actual", "predicted"], [list(row) for row in confusion])
+    curve_rows = robustness_rows(results["robustness"])
+    _write_csv(plots_dir / "robustness.csv", list(curve_rows[0]), [list(row.values()) for row in curve_rows])
+    reliability = results["calibration"]["reliability"]
+    _write_csv(
+        plots_dir / "reliability.csv",
+        ["calibration", "bin", "lower", "upper", "confidence", "accuracy", "count"],
+        [
+            [when, k, round(r["lower"], 6), round(r["upper"], 6), round(r["confidence"], 6), round(r["accuracy"], 6), r["count"]]
+            for when, table in reliability.items()
+            for k, r in enumerate(table)
+        ],
+    )
+    _write_csv(
+        plots_dir / "subsets.csv",
+        ["subset", "model", "accuracy"],
+        [[name, kind, s[kind]] for name, s in results["subsets"].items() for kind in ("fused", "dedicated")],
+    )
+
+
+def _metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file: headline numbers, per subset, per model, robustness summaries, sizes."""
+    return {
+        **results["headline"],
+        "subsets": results["subsets"],
+        "models": {name: {k: m[k] for k in ("accuracy", "macro_f1", "count")} for name, m in results["models"].items()},
+        "robustness": {name: curve["summary"] for name, curve in results["robustness"].items()},
+        "speakers": {
+            name: {
+                "fused": s["accuracy"][FUSED],
+                "best_single": s["accuracy"][s["best_single"]],
+                "best_single_modality": s["best_single"],
+                "fusion_worse": s["fusion_worse"],
+            }
+            for name, s in results["speakers"].items()
+        },
+        "complexity": results["parameters"],
+    }
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]evaluate[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def run_evaluation(
+    processed_dir: Path,
+    raw_manifest: Path,
+    models_dir: Path,
+    params: EvaluateParams,
+    reports_dir: Path,
+    plots_dir: Path,
+    metrics_path: Path,
+    calibration_path: Path,
+    train_metrics_path: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate models_dir/candidate and models_dir/baselines/* on the test split; returns the metrics.
+
+    Writes plots_dir/{confusion,robustness,reliability,subsets}.csv, `metrics_path`,
+    `calibration_path` ({"temperature", "ece_before", "ece_after", "weights_sha256"}: the
+    temperature serving divides the candidate's logits by) and reports_dir/{index.html,
+    summary.md, details.json, complexity.json}. `raw_manifest` is the dataset's manifest:
+    the robustness curves re-preprocess its raw test media. `train_metrics_path` (the train
+    stage's metrics file) supplies training times; without it they are reported as unknown.
+    """
+    processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed_dir, models_dir, reports_dir, plots_dir))
+    models, config = _load_models(models_dir)
+    test = load_split(processed_dir, SPLIT)
+    tensors, labels, mask = test.tensors, test.tensors["label"], test.tensors["mask"]
+    manifest_rows = split_rows(raw_manifest, test.sample_ids)
+    state = PreprocessState.from_dict(config["preprocessing"])  # the artifact's preprocessing, as served
+    Console(stderr=True).print("evaluate: decoding the raw test media for the robustness curves")
+    raw = RawTestSet.load(manifest_rows, Path(raw_manifest).parent, mask, state)
+    levels = sum(len(c.levels(params.robustness)) for c in CORRUPTIONS)
+    with (
+        corrupted_levels(raw, state, params.robustness, params.seed, params.workers) as noisy_inputs,
+        _progress() as progress,
+        deterministic(params.threads),
+    ):
+        task = progress.add_task("subsets", total=5 + len(models) + levels)
+        subsets = evaluate_subsets(processed_dir, models_dir, SPLIT)
+        progress.update(task, advance=1, description="models")
+        names: list[str] = list(config["labels"])
+        logits, rows = {}, {}
+        for name, model in models.items():
+            logits[name], rows[name] = model_logits(model, tensors, params.batch_size), scored_rows(model, tensors)
+            progress.advance(task)
+        logits[REFERENCE] = late_fusion_logits({m: logits[m] for m in MODALITIES}, mask, MODALITIES)
+        rows[REFERENCE] = mask.any(dim=1)
+        per_model = {
+            name: {
+                "modalities": list(models[name].spec.modalities) if name in models else list(MODALITIES),
+                **classification_metrics(labels[rows[name]].numpy(), logits[name].argmax(dim=1)[rows[name]].numpy(), names),
+            }
+            for name in logits
+        }
+        progress.update(task, advance=1, description="calibration")
+        val = load_split(processed_dir, "val").with_any(list(range(len(MODALITIES))))
+        fused_test = rows[FUSED]
+        calibration = calibrate(
+            model_logits(models[FUSED], val.tensors, params.batch_size).double().numpy(), val.tensors["label"].numpy(),
+            logits[FUSED][fused_test].double().numpy(), labels[fused_test].numpy(), params.ece_bins,
+        )  # fmt: skip
+        progress.update(task, advance=1, description="robustness")
+        curves = robustness_curves(
+            models[FUSED], {m: models[m] for m in MODALITIES}, tensors, logits, noisy_inputs,
+            params.robustness, params.batch_size, lambda: progress.advance(task),
+        )  # fmt: skip
+        speakers = _speakers(manifest_rows["speaker"].to_numpy(), labels, logits, rows) if "speaker" in manifest_rows else {}
+        progress.update(task, advance=1, description="complexity")
+        timed = {name: rows[name].nonzero().squeeze(1)[: params.latency_batch] for name in models}
+        measured = complexity.measure(
+            models, {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
+            params.latency_batch, params.latency_repeats, train_metrics_path,
+        )  # fmt: skip
+        results: dict[str, Any] = {
+            "split": SPLIT,
+            "fusion": subsets["fusion"],
+            "labels": names,
+            "headline": {
+                "fused_accuracy": subsets["fused_accuracy"],
+                "fusion_gain_points": subsets["fusion_gain_points"],
+                "worst_subset_gap_points": subsets["worst_subset_gap_points"],
+                "macro_f1": per_model[FUSED]["macro_f1"],
+                "late_fusion_accuracy": per_model[REFERENCE]["accuracy"],
+                "ece_before": calibration["ece_before"],
+                "ece_after": calibration["ece_after"],
+                "temperature": calibration["temperature"],
+            },
+            "subsets": subsets["subsets"],
+            "models": per_model,
+            "calibration": calibration,
+            "robustness": curves,
+            "speakers": speakers,
+            "parameters": complexity.parameter_counts(models),
+        }
+        progress.update(task, advance=1, description="report")
+        page = render_html(results, measured, figures(results))
+        progress.advance(task)
+    metrics = _metrics(results)
+    confusion = confusion_rows(labels[fused_test].numpy(), logits[FUSED].argmax(dim=1)[fused_test].numpy(), names)
+    _write_plots(plots_dir, results, confusion)
+    write_json(Path(metrics_path), metrics)
+    write_json(
+        Path(calibration_path),
+        {
+            "temperature": calibration["temperature"],
+            "ece_before": calibration["ece_before"],
+            "ece_after": calibration["ece_after"],
+            "weights_sha256": hashlib.sha256((models_dir / "candidate" / WEIGHTS).read_bytes()).hexdigest(),
+        },
+    )
+    write_json(reports_dir / "details.json", results)
+    write_json(reports_dir / "complexity.json", {"parameters": results["parameters"], **measured})
+    with atomic_file(reports_dir / "summary.md") as handle:
+        handle.write(render_markdown(results))
+    with atomic_file(reports_dir / "index.html") as handle:
+        handle.write(page)
+    return metrics
+
+
+def score_artifact(
+    artifact_dir: Path,
+    processed_dir: Path,
+    split: str = "test",
+    temperature: float | None = None,
+    params: EvaluateParams = EvaluateParams(),
+) -> dict[str, Any]:
+    """{"accuracy": %, "subsets": {name: %}, "ece": float} of one artifact on one split.
+
+    For the promote stage: the challenger and the champion are re-scored by the same code
+    on the same data. `temperature` (the artifact's calibration.json) scales the logits
+    before the ECE, as serving does; accuracies do not depend on it.
+    """
+    model, _ = load_model(Path(artifact_dir))
+    data = load_split(processed_dir, split).with_any(model.columns)
+    with deterministic(params.threads):
+        subsets = subset_scores(model, data, params.batch_size)["subsets"]
+        logits = model_logits(model, data.tensors, params.batch_size).double().numpy()
+    probs = softmax(logits / (temperature or 1.0), axis=1)
+    return {
+        "accuracy": round(subsets[subset_name(model.spec.modalities)]["accuracy"], 4),
+        "subsets": {name: round(s["accuracy"], 4) for name, s in subsets.items()},
+        "ece": round(expected_calibration_error(probs, data.tensors["label"].numpy(), params.ece_bins), 6),
+    }

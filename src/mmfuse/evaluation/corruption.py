@@ -1,0 +1,200 @@
+"""Corrupted copies of the test split, made from the raw media like a noisy sensor would send them.
+
+Noise is added where it arises, before preprocessing: pixel noise, blur and occlusion on
+the decoded image, white noise on the decoded waveform (an SNR), typos in the raw text.
+The corrupted media then go through the preprocessing functions and the normalisation
+of the model artifact, the very code serving runs, so a curve shows what the denoiser,
+the log-mel and the tokeniser make of the noise, not what the model makes of noise
+injected into already-normalised tensors. All randomness is seeded per (corruption, level),
+and the levels are featurised in a process pool while the main process runs inference.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from scipy.io import wavfile
+
+from mmfuse.data.avdigits import typos  # the dataset's own typo model, not a second one
+from mmfuse.data.avdigits import add_noise
+from mmfuse.data.manifest import read_manifest, resolve_media
+from mmfuse.errors import MMFuseError
+from mmfuse.evaluation.params import RobustnessParams
+from mmfuse.models.params import MODALITIES
+from mmfuse.preprocess.audio import audio_features, decode_audio
+from mmfuse.preprocess.image import decode_image, prepare_image
+from mmfuse.preprocess.state import PreprocessState
+from mmfuse.preprocess.text import clean_text
+
+
+def pixel_noise(grey: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """Additive Gaussian noise on [0, 1] pixels, clipped back to the valid range (sensor noise)."""
+    return np.clip(grey + rng.normal(0.0, std, grey.shape), 0.0, 1.0).astype(np.float32)
+
+
+def blur(grey: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian blur of `sigma` pixels (defocus or motion); deterministic, `rng` is unused."""
+    return ndimage.gaussian_filter(grey, sigma, mode="nearest").astype(np.float32)
+
+
+def occlude(grey: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A black rectangle covering `share` of the area (same aspect as the image) at a random place."""
+    height, width = grey.shape
+    scale = np.sqrt(share)
+    box_h, box_w = max(1, round(height * scale)), max(1, round(width * scale))
+    top, left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
+    out = grey.copy()
+    out[top : top + box_h, left : left + box_w] = 0.0
+    return out
+
+
+ImageCorruption = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One noise family: its name (a metric key), the modality it hits and where its levels live."""
+
+    name: str
+    modality: str
+    unit: str
+    levels_field: str
+    image_fn: ImageCorruption | None = None
+
+    def levels(self, params: RobustnessParams) -> list[float]:
+        return list(getattr(params, self.levels_field))
+
+
+CORRUPTIONS: tuple[Corruption, ...] = (
+    Corruption("image_noise", "image", "pixel noise std", "image_noise_std", pixel_noise),
+    Corruption("image_blur", "image", "blur sigma (px)", "image_blur_sigma", blur),
+    Corruption("image_occlusion", "image", "occluded area share", "image_occlusion", occlude),
+    Corruption("audio_snr", "audio", "SNR (dB)", "audio_snr_db"),
+    Corruption("text_typos", "text", "typo rate", "text_typo_rate"),
+)
+
+
+@dataclass(frozen=True)
+class RawTestSet:
+    """The decoded raw media of the processed test split, in its row order (None where absent)."""
+
+    images: list[np.ndarray | None]
+    waves: list[tuple[np.ndarray, int] | None]
+    texts: list[str | None]
+
+    @classmethod
+    def load(cls, rows: pd.DataFrame, root: Path, mask: torch.Tensor, state: PreprocessState) -> "RawTestSet":
+        """Decode every test sample once (`rows` from `split_rows`, media paths relative to `root`).
+
+        Refuses rows whose modalities differ from the processed split's mask: they would be
+        another dataset than the one the clean accuracy was measured on.
+        """
+        for column, name in enumerate(MODALITIES):
+            if not np.array_equal((rows[name] != "").to_numpy(), mask[:, column].numpy()):
+                raise MMFuseError(
+                    f"the manifest and the processed test split disagree on which samples carry {name}; "
+                    "rerun the preprocess stage."
+                )
+        params = state.params
+        return cls(
+            images=[decode_image(resolve_media(root, p), params.image) if p else None for p in rows["image"]],
+            waves=[decode_audio(resolve_media(root, p), params.audio) if p else None for p in rows["audio"]],
+            texts=[t if t else None for t in rows["text"]],
+        )
+
+
+def split_rows(manifest_path: Path, sample_ids: list[str]) -> pd.DataFrame:
+    """The manifest rows of the processed split's samples, in the split's row order."""
+    frame = read_manifest(Path(manifest_path)).set_index("sample_id")
+    unknown = [sid for sid in sample_ids if sid not in frame.index]
+    if unknown:
+        raise MMFuseError(f"{manifest_path} lacks samples {unknown[:5]} of the processed data; rerun the preprocess stage.")
+    return frame.loc[sample_ids]
+
+
+def corrupted_array(
+    raw: RawTestSet, corruption: Corruption, level: float, rng: np.random.Generator, state: PreprocessState
+) -> np.ndarray:
+    """The model input of `corruption.modality` for every test sample, corrupted at `level`.
+
+    Absent modalities stay zeros, as in the processed split. A text that loses all its
+    characters to typos keeps its mask bit: it was sent, just unreadable.
+    """
+    params = state.params
+    shape = [len(raw.texts), *state.shapes()[corruption.modality]]
+    if corruption.modality == "image":
+        out = np.zeros(shape, dtype=np.float32)
+        for i, grey in enumerate(raw.images):
+            if grey is not None:
+                out[i, 0] = state.normalise_image(prepare_image(corruption.image_fn(grey, level, rng), params.image))
+        return out
+    if corruption.modality == "audio":
+        out = np.zeros(shape, dtype=np.float32)
+        for i, clip in enumerate(raw.waves):
+            if clip is not None:
+                wave, rate = clip
+                buffer = io.BytesIO()
+                wavfile.write(buffer, rate, add_noise(wave, level, rng))  # float32 WAV: the noise is not requantised
+                out[i] = state.normalise_audio(audio_features(buffer.getvalue(), params.audio))
+        return out
+    out = np.zeros(shape, dtype=np.int64)
+    for i, text in enumerate(raw.texts):
+        if text is not None:
+            out[i] = state.encode_text(clean_text(typos(text, level, rng), params.text))
+    return out
+
+
+def corruption_rng(seed: int, corruption: Corruption, level_index: int) -> np.random.Generator:
+    """One independent, reproducible stream per (seed, corruption, level): results do not depend on
+    which worker computes a level, or in which order."""
+    return np.random.default_rng((seed, CORRUPTIONS.index(corruption), level_index))
+
+
+_worker_inputs: tuple[RawTestSet, PreprocessState] | None = None
+
+
+def _init_worker(raw: RawTestSet, state: PreprocessState) -> None:
+    """Hand the decoded media to a worker once (inherited under fork), not pickled with every task."""
+    global _worker_inputs
+    _worker_inputs = (raw, state)
+
+
+def _corrupt(corruption_index: int, level_index: int, level: float, seed: int) -> np.ndarray:
+    raw, state = _worker_inputs
+    corruption = CORRUPTIONS[corruption_index]
+    return corrupted_array(raw, corruption, level, corruption_rng(seed, corruption, level_index), state)
+
+
+NoisyInputs = Callable[[Corruption, int], torch.Tensor]
+
+
+@contextmanager
+def corrupted_levels(raw: RawTestSet, state: PreprocessState, params: RobustnessParams, seed: int, workers: int) -> Iterator[NoisyInputs]:
+    """Start featurising every (corruption, level) in `workers` processes now; yield `get(corruption,
+    level_index)`, which waits for that level's input tensor.
+
+    Entered before inference starts, so re-preprocessing the noisy media (the bulk of the
+    robustness work) overlaps the clean evaluation instead of following it. Workers fork
+    from a quiet process: enter this before any progress bar starts its thread.
+    """
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(raw, state))
+    try:
+        futures = {
+            (corruption.name, index): pool.submit(_corrupt, k, index, level, seed)
+            for k, corruption in enumerate(CORRUPTIONS)
+            for index, level in enumerate(corruption.levels(params))
+        }
+        yield lambda corruption, index: torch.from_numpy(futures.pop((corruption.name, index)).result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,59 @@
+"""Typed `evaluate:` section of params.yaml: calibration bins, timing repeats and noise levels.
+
+Pydantic only (no torch): config.py mounts `EvaluateParams` under `Params.evaluate` and is
+imported by every CLI command. Unknown keys are refused so a typo fails loudly instead of
+silently evaluating at other noise levels.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RobustnessParams(_Section):
+    """Noise levels of each corruption, from mild to severe; the clean test set is always prepended.
+
+    Every corruption is applied to the raw media of the test split and then run through the
+    preprocessing functions of the artifact, as a noisy sensor would be seen in serving.
+    """
+
+    image_noise_std: list[float] = Field([0.1, 0.2, 0.3, 0.45, 0.6, 0.8], min_length=1)
+    image_blur_sigma: list[float] = Field([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], min_length=1)
+    image_occlusion: list[float] = Field([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], min_length=1)
+    audio_snr_db: list[float] = Field([20.0, 10.0, 5.0, 0.0, -5.0, -10.0], min_length=1)
+    text_typo_rate: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing_severity(self) -> "RobustnessParams":
+        """Robustness areas assume the x axis runs from clean to worst; refuse lists that do not."""
+        rising = {
+            "image_noise_std": self.image_noise_std,
+            "image_blur_sigma": self.image_blur_sigma,
+            "image_occlusion": self.image_occlusion,
+            "text_typo_rate": self.text_typo_rate,
+        }
+        for name, levels in rising.items():
+            if levels[0] <= 0 or any(b <= a for a, b in zip(levels, levels[1:])):
+                raise ValueError(f"{name} must be positive and strictly increasing (more noise), got {levels}")
+        if max(self.image_occlusion) >= 1 or max(self.text_typo_rate) > 1:
+            raise ValueError("image_occlusion must stay below 1 and text_typo_rate at most 1")
+        if any(b >= a for a, b in zip(self.audio_snr_db, self.audio_snr_db[1:])):
+            raise ValueError(f"audio_snr_db must be strictly decreasing (more noise), got {self.audio_snr_db}")
+        return self
+
+
+class EvaluateParams(_Section):
+    """The evaluate stage: inference settings, calibration bins, latency sampling and noise levels."""
+
+    seed: int = 0
+    threads: int = Field(1, ge=1)
+    workers: int = Field(2, ge=1)
+    batch_size: int = Field(500, ge=1)
+    ece_bins: int = Field(15, ge=2)
+    latency_batch: int = Field(256, ge=1)
+    latency_repeats: int = Field(10, ge=1)
+    robustness: RobustnessParams = RobustnessParams()

@@ -1,0 +1,27 @@
+"""Reading a media payload (bytes from a request, or a file) with the same checks for every modality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmfuse.errors import MediaError
+
+
+def read_payload(source: bytes | Path, modality: str, max_bytes: int) -> bytes:
+    """Bytes of a payload or file, refusing empty, missing and oversized input up front."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise MediaError(f"{modality}: cannot read {path}: {exc.strerror or exc}.") from exc
+        if size > max_bytes:
+            raise MediaError(f"{modality}: {path} is {size} bytes, over the limit of {max_bytes}.")
+        data = path.read_bytes()
+    if not data:
+        raise MediaError(f"{modality}: the payload is empty (0 bytes).")
+    if len(data) > max_bytes:
+        raise MediaError(f"{modality}: the payload is {len(data)} bytes, over the limit of {max_bytes}.")
+    return data

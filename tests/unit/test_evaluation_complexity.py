@@ -1,0 +1,43 @@
+"""Complexity measurements: memory of one pass, latency, training times from the train stage's file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmfuse.evaluation.complexity import latency_ms, peak_inference_mib, training_seconds
+
+
+class _Allocates(torch.nn.Module):
+    """Stands in for a model whose forward pass needs `mib` MiB of activations."""
+
+    def __init__(self, mib: int) -> None:
+        super().__init__()
+        self.count = mib * 2**20 // 4
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.ones(self.count).sum() + batch["label"].sum()
+
+
+def test_peak_memory_sees_the_activations_of_one_pass() -> None:
+    batch = {"label": torch.zeros(4)}
+    small, large = peak_inference_mib(_Allocates(1), batch), peak_inference_mib(_Allocates(64), batch)
+    if small is None:
+        pytest.skip("no /proc high-water mark or malloc_trim on this platform")
+    assert large >= 60 > small
+
+
+def test_latency_reports_medians_for_one_sample_and_one_batch() -> None:
+    tensors = {"label": torch.arange(10)}
+    result = latency_ms(_Allocates(1), tensors, batch_size=256, repeats=3)
+    assert result["batch_size"] == 10 and result["per_sample_ms"] > 0 and result["per_batch_ms"] > 0
+
+
+def test_training_times_come_from_the_train_stage_metrics(tmp_path: Path) -> None:
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"candidate": {"train_seconds": 12.5}, "baselines": {"image": {"train_seconds": 3.0}}}))
+    assert training_seconds(path) == {"fused": 12.5, "image": 3.0}
+    assert training_seconds(tmp_path / "missing.json") == {} == training_seconds(None)

@@ -1,0 +1,158 @@
+"""The batch stage on a tiny synthetic dataset: outputs, dedup, determinism, and that the
+single-sample path (what the service calls) gives the very same tensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from mmfuse.errors import ManifestError, MediaError
+from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.preprocess.sample import preprocess_sample
+from mmfuse.preprocess.stage import media_path, run
+from mmfuse.preprocess.state import PreprocessState
+
+PARAMS = PreprocessParams(chunk_size=5)  # several chunks, so results are reassembled across workers
+
+
+@pytest.fixture(scope="module")
+def processed(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("processed") / "avd"
+    run(tiny_dataset, out, PARAMS)
+    return out
+
+
+def sample_ids(path: Path) -> list[str]:
+    with safe_open(path, "np") as handle:
+        return json.loads(handle.metadata()["sample_ids"])
+
+
+def test_writes_the_contract_files_with_the_declared_shapes(processed):
+    assert sorted(p.name for p in processed.iterdir()) == [
+        "dedup_report.json", "meta.json", "test.safetensors", "train.safetensors", "val.safetensors",
+    ]
+    meta = json.loads((processed / "meta.json").read_text())
+    assert meta["labels"] == ["0", "1", "2", "3"]
+    assert meta["counts"] == {"train": 16, "val": 4, "test": 4}
+    assert meta["params"] == PARAMS.model_dump(mode="json")
+    train = load_file(processed / "train.safetensors")
+    assert {k: (v.dtype, list(v.shape)) for k, v in train.items()} == {
+        "image": (torch.float32, [16, *meta["shapes"]["image"]]),
+        "audio": (torch.float32, [16, *meta["shapes"]["audio"]]),
+        "text": (torch.int64, [16, *meta["shapes"]["text"]]),
+        "mask": (torch.bool, [16, 3]),
+        "label": (torch.int64, [16]),
+    }
+
+
+def test_train_is_deduplicated_and_leakage_removed_with_reasons(processed):
+    report = json.loads((processed / "dedup_report.json").read_text())
+    removed = {entry["sample_id"]: entry for entry in report["removed"]}
+    assert set(removed) == {"t-dup", "t-leak"}
+    assert removed["t-dup"]["reason"] == "duplicate record within train" and removed["t-dup"]["other_id"] == "t-00"
+    assert (removed["t-leak"]["modality"], removed["t-leak"]["match"], removed["t-leak"]["other_id"]) == (
+        "image", "exact", "v-00",
+    )
+    kept = sample_ids(processed / "train.safetensors")
+    assert "t-01" in kept and "t-02" in kept  # one clip, two images: legitimate
+    assert kept == sorted(kept)
+
+
+def test_missing_modalities_are_zero_and_masked(processed):
+    train = load_file(processed / "train.safetensors")
+    ids = sample_ids(processed / "train.safetensors")
+    image_only, text_only = ids.index("t-img"), ids.index("t-txt")
+    assert train["mask"][image_only].tolist() == [True, False, False]
+    assert train["mask"][text_only].tolist() == [False, False, True]
+    assert not train["audio"][image_only].any() and not train["text"][image_only].any()
+    assert not train["image"][text_only].any()
+
+
+def test_train_statistics_normalise_train(processed):
+    train = load_file(processed / "train.safetensors")
+    images = train["image"][train["mask"][:, 0]]
+    assert images.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert images.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_single_sample_path_gives_identical_tensors(processed, tiny_dataset):
+    state = PreprocessState.from_dict(json.loads((processed / "meta.json").read_text()))
+    manifest = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False).set_index("sample_id")
+    root = tiny_dataset.parent
+    for split in ("train", "val", "test"):
+        batch = load_file(processed / f"{split}.safetensors")
+        for k, sample_id in enumerate(sample_ids(processed / f"{split}.safetensors")):
+            row = manifest.loc[sample_id]
+            single = preprocess_sample(
+                (root / row["image"]).read_bytes() if row["image"] else None,
+                root / row["audio"] if row["audio"] else None,
+                row["text"] or None,
+                state,
+            )
+            for key in ("image", "audio", "text", "mask"):
+                assert torch.equal(single[key], batch[key][k]), (sample_id, key)
+            assert state.labels[batch["label"][k]] == row["label"]
+
+
+def test_two_runs_write_byte_identical_files(processed, tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "again", PARAMS)
+    for path in processed.iterdir():
+        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_tensors_do_not_depend_on_workers_or_chunking(processed, tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "serial", PARAMS.model_copy(update={"workers": 1, "chunk_size": 100}))
+    for split in ("train", "val", "test"):
+        name = f"{split}.safetensors"
+        assert (tmp_path / "serial" / name).read_bytes() == (processed / name).read_bytes(), name
+
+
+def test_a_bad_record_fails_the_stage_naming_it_and_leaves_no_output(tiny_dataset, tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    frame = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False)
+    frame = frame[frame["image"] == ""].assign(split="train")  # text-only rows, no media to copy
+    bad = {"sample_id": "x-bad", "label": "2", "split": "train", "image": "bad.png", "audio": "", "text": ""}
+    pd.concat([frame, pd.DataFrame([bad])]).to_csv(root / "manifest.csv", index=False)
+    with pytest.raises(MediaError, match=r"(?s)1 record\(s\) cannot be preprocessed.*x-bad: image: "):
+        run(root / "manifest.csv", tmp_path / "out", PARAMS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_path_leaving_the_dataset_is_refused(tiny_dataset, tmp_path):
+    frame = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False)
+    frame.loc[0, "image"] = "../outside.png"
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(MediaError, match="leaves the dataset root"):
+        run(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
+
+
+def test_labels_unseen_in_train_are_refused(tiny_dataset, tmp_path):
+    frame = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False)
+    frame = frame[frame["image"] == ""]
+    frame = pd.concat([frame, frame.assign(sample_id="y", split="test", label="9")])
+    frame.to_csv(tmp_path / "manifest.csv", index=False)
+    with pytest.raises(ManifestError, match=r"labels \['9'\] occur in val/test but not"):
+        run(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
+
+
+def test_media_paths_resolve_like_the_manifest_contract(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    (root / "images" / "a.png").write_bytes(b"x")
+    (outside / "secret.png").write_bytes(b"x")
+    (root / "images" / "link.png").symlink_to(outside / "secret.png")
+    (root / "escape").symlink_to(outside)
+    folders: dict[str, Path] = {}
+    assert media_path(root, "images/a.png", folders) == (root / "images" / "a.png").resolve()
+    for rel in ("images/link.png", "escape/secret.png", "../outside/secret.png", "/etc/passwd", "images/.."):
+        with pytest.raises(ManifestError):
+            media_path(root, rel, folders)

@@ -1,0 +1,61 @@
+"""Text normalisation, limits and the character vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmfuse.errors import ConfigError, MediaError
+from mmfuse.preprocess.params import TextParams
+from mmfuse.preprocess.text import Vocabulary, clean_text, normalise_text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Zéro!! ", "zero"),
+        ("FÜNF", "funf"),
+        ("n/a", "n a"),
+        ("???", ""),
+        ("ｓｅｖｅｎ\u00a0\t8", "seven 8"),  # full-width letters (NFKC), no-break space, tab
+        ("STRASSE straße", "strasse strasse"),  # case folding, not just lower()
+        ("un\u200bdeux\x00", "un deux"),  # format and control characters
+    ],
+)
+def test_normalisation(raw, expected):
+    assert normalise_text(raw, TextParams()) == expected
+
+
+def test_accents_can_be_kept():
+    assert normalise_text("Zéro", TextParams(strip_accents=False)) == "zéro"
+
+
+def test_utf8_bytes_are_accepted_and_other_bytes_refused():
+    assert clean_text("Zéro".encode("utf-8"), TextParams()) == "zero"
+    with pytest.raises(MediaError, match=r"text: the bytes are not valid UTF-8 \(byte 0xe9 at offset 1\)"):
+        clean_text("Zéro".encode("latin-1"), TextParams())
+
+
+def test_a_100000_character_text_is_refused():
+    with pytest.raises(MediaError, match="text: 100000 characters is over the limit of 1000"):
+        clean_text("a" * 100_000, TextParams())
+
+
+def test_vocabulary_is_fitted_encodes_and_round_trips():
+    vocab = Vocabulary.fit(["deux", "un", "dos"], min_freq=1)
+    assert vocab.tokens == ("<pad>", "<unk>", "d", "e", "n", "o", "s", "u", "x")
+    ids = vocab.encode("dux!", max_len=6)
+    assert ids.dtype == np.int64
+    assert ids.tolist() == [2, 7, 8, 1, 0, 0]  # "!" unseen in train -> <unk>; padded with 0
+    assert vocab.encode("deuxdeux", max_len=3).tolist() == [2, 3, 7]
+    assert Vocabulary.from_dict(vocab.to_dict()) == vocab
+
+
+def test_rare_characters_fall_to_unk():
+    vocab = Vocabulary.fit(["aab"], min_freq=2)
+    assert vocab.tokens == ("<pad>", "<unk>", "a")
+
+
+def test_a_foreign_vocabulary_is_refused():
+    with pytest.raises(ConfigError, match="not a character vocabulary"):
+        Vocabulary.from_dict({"level": "word", "tokens": ["<pad>", "<unk>", "five"]})
