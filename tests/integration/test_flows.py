@@ -5,8 +5,10 @@ Also the drift reference and the traffic simulator against the in-process servic
 
 from __future__ import annotations
 
+
 import importlib.util
 import os
+import shutil
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 from conftest_flows import prefect_server  # noqa: F401 (session fixture)
 from test_service_support import LABELS, build_artifact, free_port, running
 
+from mmfuse import registry
 from mmfuse.config import Params
 from mmfuse.monitoring.orchestrate import build_deployments, prefect_server as local_server
 from mmfuse.monitoring.params import MonitorParams
@@ -48,6 +51,7 @@ def training_runs(deployment_id) -> int:
 
 def test_monitoring_flow_triggers_the_training_deployment_once_per_drifted_window(prefect_server, tmp_path):  # noqa: F811
     project, log = tmp_path, tmp_path / "log.sqlite"
+    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)  # no champion: the project's reference counts
     (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
     synthetic.reference_file(project / MonitorParams().reference_path)
     deployment_id = training_flow.to_deployment(name="drift-test", parameters={"project": str(project)}).apply()
