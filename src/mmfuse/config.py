@@ -9,6 +9,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmfuse.errors import ConfigError
+from mmfuse.evaluation.params import EvaluateParams
+from mmfuse.models.params import TrainParams
+from mmfuse.monitoring.params import MonitorParams
+from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.serving.params import ServeParams
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -80,11 +85,27 @@ class ValidateParams(_Section):
     max_failing_examples: int = Field(10, ge=1)
 
 
+class PromoteParams(_Section):
+    """Gates a challenger must pass to become champion."""
+
+    min_accuracy: float = Field(85.0, ge=0, le=100)  # absolute gate, first promotion included (percent)
+    margin: float = 0.0  # challenger accuracy must reach champion + margin (points)
+    subset_tolerance: float = Field(1.0, ge=0)  # no subset may lose more than this vs the champion (points)
+    max_ece: float = Field(0.05, ge=0, le=1)  # calibration error ceiling, after temperature scaling
+    require_validation: bool = True  # the validate stage must have passed for this data
+
+
 class Params(_Section):
     model_config = ConfigDict(extra="allow", frozen=True)  # later stages add their sections
 
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+    serve: ServeParams = ServeParams()
+    monitor: MonitorParams = MonitorParams()
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

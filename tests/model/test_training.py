@@ -1,0 +1,161 @@
+"""Training: determinism, crash and resume, the artifact, params errors, and that it learns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmfuse.config import load_params
+from mmfuse.errors import ConfigError
+from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.models.data import load_split
+from mmfuse.models.params import MODALITIES, TrainParams
+from mmfuse.train import CHECKPOINT, load_model, run_training, train_model
+
+ARTIFACT_FILES = ("model.safetensors", "config.json", "metrics.json")
+
+
+def _train(processed: Path, root: Path, params: TrainParams, fusion: str = "late", modalities=MODALITIES, **kwargs) -> dict:
+    return train_model(processed, root / "model", params, modalities, fusion, root / "ckpt", root / "curve.csv", **kwargs)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {name: (root / "model" / name).read_bytes() for name in ARTIFACT_FILES} | {"curve": (root / "curve.csv").read_bytes()}
+
+
+@pytest.fixture(scope="module")
+def reference(processed_dir: Path, tiny_params: TrainParams, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted training of the full model, shared by the determinism and resume tests."""
+    root = tmp_path_factory.mktemp("reference")
+    return root, _train(processed_dir, root, tiny_params)
+
+
+def test_same_params_and_data_give_identical_files(processed_dir, tiny_params, reference, tmp_path) -> None:
+    _train(processed_dir, tmp_path, tiny_params)
+    assert _files(tmp_path) == _files(reference[0])
+
+
+def test_a_learnable_task_is_learned(reference) -> None:
+    metrics = reference[1]
+    assert metrics["val_accuracy"] > 80, metrics  # chance is 25 %
+    assert min(metrics["val_subset_accuracy"].values()) > 45, metrics
+    assert metrics["epochs_run"] == 4
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(epoch: int):
+    def hook(done: int) -> None:
+        if done == epoch:
+            raise _Crash
+
+    return hook
+
+
+def test_resume_after_a_crash_ends_identical(processed_dir, tiny_params, reference, tmp_path) -> None:
+    with pytest.raises(_Crash):
+        _train(processed_dir, tmp_path, tiny_params, epoch_hook=_crash_after(2))
+    assert not (tmp_path / "model").exists()  # nothing half-written
+    state = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2
+    metrics = _train(processed_dir, tmp_path, tiny_params)
+    assert _files(tmp_path) == _files(reference[0])
+    assert metrics["val_accuracy"] == reference[1]["val_accuracy"]
+
+
+def test_resume_after_sigkill_ends_identical(processed_dir, tiny_params, reference, tmp_path) -> None:
+    """A real `kill -9` right after the first epoch's checkpoint, then a plain rerun."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from pathlib import Path
+        from mmfuse.models.params import TrainParams
+        from mmfuse.train import train_model
+        root = Path({str(tmp_path)!r})
+        params = TrainParams.model_validate_json({tiny_params.model_dump_json()!r})
+        train_model(Path({str(processed_dir)!r}), root / "model", params, ("image", "audio", "text"), "late",
+                    root / "ckpt", root / "curve.csv", epoch_hook=lambda e: os.kill(os.getpid(), signal.SIGKILL))
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)["epoch"] == 1
+    _train(processed_dir, tmp_path, tiny_params)
+    assert _files(tmp_path) == _files(reference[0])
+
+
+def test_a_checkpoint_of_other_params_is_not_resumed(processed_dir, tiny_params, tmp_path) -> None:
+    with pytest.raises(_Crash):
+        _train(processed_dir, tmp_path, tiny_params, modalities=("image", "text"), epoch_hook=_crash_after(3))
+    changed = tiny_params.model_copy(update={"epochs": 2})
+    metrics = _train(processed_dir, tmp_path, changed, modalities=("image", "text"))
+    assert metrics["epochs_run"] == 2
+
+
+def test_artifact_round_trip_without_pickle(processed_dir, reference) -> None:
+    root = reference[0] / "model"
+    weights = load_file(str(root / "model.safetensors"))  # safetensors: no pickle involved
+    model, config = load_model(root)
+    assert not model.training
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    assert config["labels"] == [f"class{i}" for i in range(4)]
+    assert config["preprocessing"]["params"] == {"note": "synthetic"}
+    assert config["model"]["fusion"] == "late" and config["model"]["modalities"] == list(MODALITIES)
+    assert json.loads((root / "metrics.json").read_text())["val_accuracy"] == reference[1]["val_accuracy"]
+    test = load_split(processed_dir, "test")
+    with torch.no_grad():
+        logits = model(test.batch(torch.arange(3)))
+    assert logits.shape == (3, 4) and torch.isfinite(logits).all()
+
+
+def test_unknown_fusion_is_a_clear_config_error(processed_dir, tiny_params, tmp_path) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("train:\n  fusion: attention\n")
+    with pytest.raises(ConfigError, match="train.fusion"):
+        load_params(params_file)
+    params_file.write_text("train:\n  arch:\n    embed_dims: 8\n")
+    with pytest.raises(ConfigError, match="embed_dims"):
+        load_params(params_file)
+    with pytest.raises(ConfigError, match="unknown fusion head 'attention'"):
+        _train(processed_dir, tmp_path, tiny_params, fusion="attention")
+    with pytest.raises(ConfigError, match="needs a fusion head"):
+        _train(processed_dir, tmp_path, tiny_params, fusion=None)
+    with pytest.raises(ConfigError, match="modalities"):
+        _train(processed_dir, tmp_path, tiny_params, modalities=("video",))
+
+
+def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path) -> None:
+    params = tiny_params.model_copy(update={"epochs": 2, "fusion": "gated"})
+    summary = run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics" / "train.json")
+    names = ["image", "audio", "text", "image+audio", "image+text", "audio+text"]
+    assert sorted(summary["baselines"]) == sorted(names)
+    for name in names:
+        assert all((tmp_path / "models" / "baselines" / name / f).exists() for f in ARTIFACT_FILES)
+        assert (tmp_path / "plots" / f"{name}.csv").read_text().startswith("epoch,lr,train_loss,val_loss,val_accuracy")
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["candidate"]["fusion"] == "gated"
+    # staged training: the pairs and the fusion model carry the unimodal encoders, untouched
+    fused, _ = load_model(tmp_path / "models" / "candidate")
+    for m in MODALITIES:
+        unimodal, _ = load_model(tmp_path / "models" / "baselines" / m)
+        for key, value in unimodal.encoders[m].state_dict().items():
+            assert torch.equal(fused.encoders[m].state_dict()[key], value), (m, key)
+    before = (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes()
+    run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics" / "train.json")
+    assert (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes() == before  # finished models are reused
+
+    report = evaluate_subsets(processed_dir, tmp_path / "models", "test")
+    assert set(report["subsets"]) == {"image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text"}
+    assert report["fused_accuracy"] == report["subsets"]["image+audio+text"]["fused"]
+    gaps = [v["gap_points"] for k, v in report["subsets"].items() if k != "image+audio+text"]
+    assert report["worst_subset_gap_points"] == max(gaps)
+    best_single = max(report["subsets"][m]["dedicated"] for m in MODALITIES)
+    assert report["fusion_gain_points"] == pytest.approx(report["fused_accuracy"] - best_single, abs=1e-3)
