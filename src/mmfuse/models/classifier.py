@@ -58,8 +58,10 @@ def nonempty_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
 class MultimodalClassifier(nn.Module):
     """Encoders -> (missing embedding where absent) -> fusion head; plus one auxiliary linear head per modality.
 
-    The auxiliary heads give each encoder its own unimodal loss during training (so the
-    fastest-learning modality cannot starve the others) and measure each modality's strength.
+    The auxiliary heads are each modality's own classifier: in a unimodal model the only
+    one, in staged training adopted (frozen) from the unimodal models, in joint training
+    trained by their own losses so the fastest-learning modality cannot starve the others.
+    They also measure each modality's strength inside the fused model.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
