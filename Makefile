@@ -28,6 +28,8 @@ run: $(STAMP)
 	@echo "Reports:"
 	@echo "  data quality (Great Expectations Data Docs): reports/data_docs/index.html"
 	@echo "  validation summary (DVC metric):             metrics/validation.json"
+	@echo "  evaluation report (offline HTML):            reports/evaluation/index.html"
+	@echo "  promotion decision:                          reports/promotion/decision.json (mmfuse champion show)"
 	@echo "  everything DVC tracks:                       dvc metrics show; dvc plots show"
 
 test: $(STAMP)
