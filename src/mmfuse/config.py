@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
+
+from mmfuse.params_base import Section
 
 from mmfuse.errors import ConfigError
 from mmfuse.evaluation.params import EvaluateParams
@@ -18,11 +20,7 @@ from mmfuse.serving.params import ServeParams
 PARAMS_FILE = Path("params.yaml")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TextNoise(_Section):
+class TextNoise(Section):
     """The seeded noisy-transcript model of avdigits (see README, "Text")."""
 
     p_correct: float = Field(0.50, ge=0, le=1)
@@ -38,14 +36,14 @@ class TextNoise(_Section):
         return self
 
 
-class Degradation(_Section):
+class Degradation(Section):
     """Per-preset degradation; `hard` is frozen for comparability across versions."""
 
     image_pca_energy: float | None = Field(None, gt=0, le=1)
     audio_snr_db: float | None = None
 
 
-class DataParams(_Section):
+class DataParams(Section):
     dataset: str = "avdigits"
     preset: Literal["clean", "hard"] = "hard"
     split: Literal["standard", "speaker"] = "standard"
@@ -70,7 +68,7 @@ class DataParams(_Section):
         return self.presets[self.preset]
 
 
-class ValidateParams(_Section):
+class ValidateParams(Section):
     """Ranges the media must fall in; `critical` failures stop the pipeline."""
 
     image_min_side: int = Field(8, ge=1)
@@ -85,7 +83,7 @@ class ValidateParams(_Section):
     max_failing_examples: int = Field(10, ge=1)
 
 
-class PromoteParams(_Section):
+class PromoteParams(Section):
     """Gates a challenger must pass to become champion."""
 
     min_accuracy: float = Field(85.0, ge=0, le=100)  # absolute gate, first promotion included (percent)
@@ -95,7 +93,7 @@ class PromoteParams(_Section):
     require_validation: bool = True  # the validate stage must have passed for this data
 
 
-class Params(_Section):
+class Params(Section):
     model_config = ConfigDict(extra="allow", frozen=True)  # later stages add their sections
 
     data: DataParams = DataParams()

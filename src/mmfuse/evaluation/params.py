@@ -7,14 +7,12 @@ silently evaluating at other noise levels.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mmfuse.params_base import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RobustnessParams(_Section):
+class RobustnessParams(Section):
     """Noise levels of each corruption, from mild to severe; the clean test set is always prepended.
 
     Every corruption is applied to the raw media of the test split and then run through the
@@ -46,7 +44,7 @@ class RobustnessParams(_Section):
         return self
 
 
-class EvaluateParams(_Section):
+class EvaluateParams(Section):
     """The evaluate stage: inference settings, calibration bins, latency sampling and noise levels."""
 
     seed: int = 0

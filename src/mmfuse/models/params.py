@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from mmfuse.params_base import Section
 
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")  # column order of the processed `mask`
 FUSIONS: tuple[str, ...] = ("concat", "late", "gated", "lmf")
 Fusion = Literal["concat", "late", "gated", "lmf"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EncoderParams(_Section):
+class EncoderParams(Section):
     """One convolutional encoder: a block (stride-2 conv, batch-norm, ReLU) per width."""
 
     channels: list[int] = Field([32, 64], min_length=1)
@@ -41,7 +39,7 @@ class EncoderParams(_Section):
         return value
 
 
-class ArchParams(_Section):
+class ArchParams(Section):
     """Architecture: everything needed to rebuild the network; copied into each artifact's config.json."""
 
     embed_dim: int = Field(64, ge=1)
@@ -54,7 +52,7 @@ class ArchParams(_Section):
     text: EncoderParams = EncoderParams(channels=[64])
 
 
-class AugmentParams(_Section):
+class AugmentParams(Section):
     """Training-time audio augmentation, in log-mel frames and mel bins (0 turns one off)."""
 
     time_shift: int = Field(10, ge=0)
@@ -62,7 +60,7 @@ class AugmentParams(_Section):
     freq_mask: int = Field(6, ge=0)
 
 
-class TrainParams(_Section):
+class TrainParams(Section):
     """The train stage: which fusion head, how to optimise, and how to keep modalities balanced."""
 
     fusion: Fusion = "late"

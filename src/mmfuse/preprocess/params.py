@@ -8,17 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from mmfuse.params_base import Section
 
 
 DenoiseMethod = Literal["none", "median", "gaussian", "bilateral", "nlmeans"]
 
 
-class ImageParams(_Section):
+class ImageParams(Section):
     """Decode limits, output size and the denoiser (chosen by benchmarks/denoise_choice.py)."""
 
     size: int = Field(28, ge=4, le=512)
@@ -44,7 +42,7 @@ class ImageParams(_Section):
         return self
 
 
-class AudioParams(_Section):
+class AudioParams(Section):
     """Decode limits, resampling, trimming, spectral gating and log-mel geometry.
 
     Frame sizes are in samples at `sample_rate` (the rate every clip is resampled to).
@@ -85,7 +83,7 @@ class AudioParams(_Section):
         return self
 
 
-class TextParams(_Section):
+class TextParams(Section):
     """Cleanup and character-level tokenisation; the vocabulary is fitted on train only."""
 
     max_chars: int = Field(1000, ge=1)
@@ -94,7 +92,7 @@ class TextParams(_Section):
     min_freq: int = Field(1, ge=1)
 
 
-class DedupParams(_Section):
+class DedupParams(Section):
     """Near-duplicate measure: correlation distance between grid x grid thumbnails.
 
     Thresholds were measured on avdigits (benchmarks/results/denoise_choice.json, "dedup"):
@@ -108,7 +106,7 @@ class DedupParams(_Section):
     text_leak_min_chars: int = Field(20, ge=1)
 
 
-class PreprocessParams(_Section):
+class PreprocessParams(Section):
     """The `preprocess` stage and the service's input pipeline."""
 
     image: ImageParams = ImageParams()
