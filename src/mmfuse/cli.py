@@ -94,12 +94,19 @@ def preprocess() -> None:
 
 @app.command()
 @_friendly
-def train() -> None:
-    """Stage 4: the six dedicated subset models and the fusion model (resumes after a crash)."""
-    from mmfuse.train import run_training
+def train(
+    part: Optional[str] = typer.Argument(None, help="unimodal | fusion (default: both, in that order). DVC runs them as two stages."),
+) -> None:
+    """Stage 4: the three unimodal baselines, then the pair baselines and the fusion model (resumes after a crash)."""
+    from mmfuse.train import PARTS, run_training
 
-    summary = run_training(paths.PROCESSED, paths.MODELS, load_params().train, paths.PLOTS / "learning_curves", paths.METRICS / "train.json")
-    console.print(f"[green]trained[/]: fusion model val accuracy {summary['candidate']['val_accuracy']:.2f} %")
+    if part is not None and part not in PARTS:
+        raise typer.BadParameter(f"{part!r} is not a training part; use one of {', '.join(PARTS)}.", param_hint="PART")
+    summary = run_training(
+        paths.PROCESSED, paths.MODELS, load_params().train, paths.PLOTS / "learning_curves", paths.METRICS, PARTS if part is None else (part,)
+    )
+    for name, result in {**summary["baselines"], **({"fusion model": summary["candidate"]} if "candidate" in summary else {})}.items():
+        console.print(f"[green]trained[/] {name}: val accuracy {result['val_accuracy']:.2f} %")
 
 
 @app.command()
@@ -113,7 +120,7 @@ def evaluate() -> None:
     run_evaluation(
         paths.PROCESSED, dataset_manifest(params.data), paths.MODELS, params.evaluate,
         paths.REPORTS / "evaluation", paths.PLOTS, paths.METRICS / "evaluate.json", paths.MODELS / "calibration.json",
-        train_metrics_path=paths.METRICS / "train.json",
+        train_metrics_paths=[paths.METRICS / f"train_{part}.json" for part in ("unimodal", "fusion")],
     )  # fmt: skip
     console.print(f"[green]evaluated[/]: report in {paths.REPORTS / 'evaluation' / 'index.html'}")
 

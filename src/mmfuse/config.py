@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
@@ -27,7 +27,7 @@ class TextNoise(Section):
     p_wrong: float = Field(0.15, ge=0, le=1)
     typo_rate: float = Field(0.10, ge=0, le=1)
     languages: list[Literal["en", "fr", "de", "es"]] = ["en", "fr", "de", "es"]
-    uninformative: list[str] = ["", "n/a", "unclear", "noise", "???"]
+    uninformative: list[str] = ["", "n/a", "unclear", "noise", "??"]
 
     @model_validator(mode="after")
     def _probabilities(self) -> "TextNoise":
@@ -106,6 +106,21 @@ class Params(Section):
     monitor: MonitorParams = MonitorParams()
 
 
+OMEGACONF_MISSING = "???"
+
+
+def _find_value(node: Any, value: str, where: str = "") -> str | None:
+    """Dotted key (list items as [i]) of the first occurrence of `value` in a params tree."""
+    if node == value:
+        return where
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in items:
+        found = _find_value(child, value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read params.yaml; an unknown key or a bad value raises ConfigError naming it."""
     path = Path(path)
@@ -117,6 +132,12 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data:, validate:, ...).")
+    missing_marker = _find_value(raw, OMEGACONF_MISSING)
+    if missing_marker is not None:
+        raise ConfigError(
+            f"{path}: {missing_marker} is {OMEGACONF_MISSING!r}, which `dvc exp run -S` (OmegaConf) reads as a "
+            "missing value and refuses; use another string."
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

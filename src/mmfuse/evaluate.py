@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,7 @@ def run_evaluation(
     plots_dir: Path,
     metrics_path: Path,
     calibration_path: Path,
-    train_metrics_path: Path | None = None,
+    train_metrics_paths: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Evaluate models_dir/candidate and models_dir/baselines/* on the test split; returns the metrics.
 
@@ -152,8 +153,8 @@ def run_evaluation(
     `calibration_path` ({"temperature", "ece_before", "ece_after", "weights_sha256"}: the
     temperature serving divides the candidate's logits by) and reports_dir/{index.html,
     summary.md, details.json, complexity.json}. `raw_manifest` is the dataset's manifest:
-    the robustness curves re-preprocess its raw test media. `train_metrics_path` (the train
-    stage's metrics file) supplies training times; without it they are reported as unknown.
+    the robustness curves re-preprocess its raw test media. `train_metrics_paths` (the train
+    stages' metrics files) supply training times; models found in none are reported as unknown.
     """
     processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed_dir, models_dir, reports_dir, plots_dir))
     models, config = _load_models(models_dir)
@@ -203,7 +204,7 @@ def run_evaluation(
         timed = {name: rows[name].nonzero().squeeze(1)[: params.latency_batch] for name in models}
         measured = complexity.measure(
             models, {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
-            params.latency_batch, params.latency_repeats, train_metrics_path,
+            params.latency_batch, params.latency_repeats, train_metrics_paths,
         )  # fmt: skip
         results: dict[str, Any] = {
             "split": SPLIT,

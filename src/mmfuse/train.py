@@ -39,11 +39,18 @@ from mmfuse.models.data import Split, load_meta, load_split, sample_shapes, spli
 from mmfuse.models.params import FUSIONS, MODALITIES, TrainParams
 from mmfuse.models.scoring import subset_scores
 
-__all__ = ["train_model", "run_training", "load_model", "baseline_jobs"]
+__all__ = ["train_model", "run_training", "load_model", "training_jobs", "unimodal_params", "PARTS"]
 
 CHECKPOINT = "checkpoint.pt"
 CURVE_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_subset_loss")
 EpochHook = Callable[[int], None]
+PARTS = ("unimodal", "fusion")
+# What only the multi-modality models read. The unimodal stage is declared in dvc.yaml
+# without these knobs and its models are trained with them at their defaults, so a fusion
+# experiment (`dvc exp run -S train.fusion=gated`) reuses the unimodal models untouched
+# instead of retraining them to identical weights.
+FUSION_KNOBS = ("fusion", "modality_dropout", "aux_weight", "pretrained_encoders", "head_epochs")
+FUSION_ARCH_KNOBS = ("fusion_hidden", "lmf_rank")
 
 
 @contextmanager
@@ -257,6 +264,13 @@ def _rounded(scores: dict[str, dict[str, float]]) -> dict[str, float]:
     return {name: round(s["accuracy"], 4) for name, s in scores.items()}
 
 
+def _recorded_params(params: TrainParams, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """The params stored in an artifact's config.json: a unimodal model records only the knobs it reads."""
+    if len(modalities) > 1:
+        return params.model_dump(mode="json")
+    return params.model_dump(mode="json", exclude={**dict.fromkeys(FUSION_KNOBS, True), "arch": set(FUSION_ARCH_KNOBS)})
+
+
 def train_model(
     processed_dir: Path,
     out_dir: Path,
@@ -311,7 +325,7 @@ def train_model(
         "epochs_run": state["epoch"],
         "parameters": count_parameters(model),
     }
-    save_artifact(Path(out_dir), model, {"labels": meta["labels"], "preprocessing": meta, "train": params.model_dump(mode="json")}, metrics)
+    save_artifact(Path(out_dir), model, {"labels": meta["labels"], "preprocessing": meta, "train": _recorded_params(params, modalities)}, metrics)
     _write_curve(Path(plots_path), state["history"])
     seconds = time.perf_counter() - started
     run_epochs = len(epoch_seconds)
@@ -323,34 +337,67 @@ def train_model(
     return {**metrics, **timing}
 
 
-def baseline_jobs(params: TrainParams) -> list[tuple[str, tuple[str, ...], str | None]]:
-    """(name, modalities, fusion) of every model of the stage: each proper subset, then the fusion model."""
-    singles = [(m, (m,), None) for m in MODALITIES]
-    pairs = [(subset_name(p), p, params.fusion) for p in (("image", "audio"), ("image", "text"), ("audio", "text"))]
-    return [*singles, *pairs, ("candidate", MODALITIES, params.fusion)]
+def unimodal_params(params: TrainParams) -> TrainParams:
+    """`params` with every fusion-only knob at its default: all that a unimodal model depends on."""
+    defaults = TrainParams()
+    arch = params.arch.model_copy(update={k: getattr(defaults.arch, k) for k in FUSION_ARCH_KNOBS})
+    return params.model_copy(update={**{k: getattr(defaults, k) for k in FUSION_KNOBS}, "arch": arch})
 
 
-def run_training(processed_dir: Path, models_dir: Path, params: TrainParams, plots_dir: Path, metrics_path: Path) -> dict[str, Any]:
-    """Train the six dedicated subset models into models_dir/baselines/<subset>/ and the fusion
-    model into models_dir/candidate/; learning curves go to plots_dir/<name>.csv.
+def training_jobs(params: TrainParams, part: str) -> list[tuple[str, tuple[str, ...], str | None]]:
+    """(name, modalities, fusion) of one part's models: the unimodal baselines, or the pairs then the fusion model."""
+    if part == "unimodal":
+        return [(m, (m,), None) for m in MODALITIES]
+    if part == "fusion":
+        pairs = [(subset_name(p), p, params.fusion) for p in (("image", "audio"), ("image", "text"), ("audio", "text"))]
+        return [*pairs, ("candidate", MODALITIES, params.fusion)]
+    raise ConfigError(f"unknown training part {part!r}; expected one of {', '.join(PARTS)}.")
 
-    Unimodal models come first; with `pretrained_encoders` the pairs and the fusion model
-    then adopt their encoders frozen and train only their fusion part (staged training).
 
-    Checkpoints live in models_dir/.checkpoints/<name>/ and are kept after a model finishes, so a
-    rerun after a crash skips finished models (rebuilding identical artifacts) and resumes the
-    interrupted one. `metrics_path` gets each model's val metrics and training time.
+def _adopted_encoders(models_dir: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
+    """The unimodal artifacts a staged model adopts; missing ones mean the unimodal part has not run."""
+    sources = {m: models_dir / "baselines" / m for m in modalities}
+    missing = [str(path) for path in sources.values() if not (path / WEIGHTS).exists()]
+    if missing:
+        raise MMFuseError(
+            f"staged training adopts the unimodal encoders, but {', '.join(missing)} is missing: "
+            "run `dvc repro train_unimodal` (or `mmfuse train unimodal`) first, or set train.pretrained_encoders: false."
+        )
+    return sources
+
+
+def run_training(
+    processed_dir: Path, models_dir: Path, params: TrainParams, plots_dir: Path, metrics_dir: Path, parts: tuple[str, ...] = PARTS
+) -> dict[str, Any]:
+    """Train `parts` in order: "unimodal" (models_dir/baselines/{image,audio,text}) and "fusion"
+    (the three pairs in models_dir/baselines/<pair>/, then the fusion model in models_dir/candidate/).
+
+    Two parts so that DVC can run them as two stages: the unimodal one reads only the knobs
+    a unimodal model depends on (`unimodal_params`). With `pretrained_encoders` the fusion
+    part adopts the unimodal encoders frozen and trains only its fusion part (staged training).
+
+    Each part writes metrics_dir/train_<part>.json (each model's val metrics and training
+    time) and plots_dir/<part>/<name>.csv (learning curves). Checkpoints live in
+    models_dir/.checkpoints/<name>/ and are kept after a model finishes, so a rerun after a
+    crash skips finished models (rebuilding identical artifacts) and resumes the interrupted
+    one. Returns {"candidate": ..., "baselines": {name: ...}} over the parts run.
     """
     models_dir = Path(models_dir)
-    results: dict[str, Any] = {}
-    for name, modalities, fusion in baseline_jobs(params):
-        out_dir = models_dir / "candidate" if name == "candidate" else models_dir / "baselines" / name
-        staged = params.pretrained_encoders and len(modalities) > 1
-        results[name] = train_model(
-            processed_dir, out_dir, params, modalities, fusion,
-            models_dir / ".checkpoints" / name, Path(plots_dir) / f"{name}.csv",
-            encoders_from={m: models_dir / "baselines" / m for m in modalities} if staged else None,
-        )  # fmt: skip
-    summary = {"candidate": results.pop("candidate"), "baselines": results}
-    write_json(Path(metrics_path), summary)
-    return summary
+    merged: dict[str, Any] = {"baselines": {}}
+    for part in parts:
+        part_params = unimodal_params(params) if part == "unimodal" else params
+        results: dict[str, Any] = {}
+        for name, modalities, fusion in training_jobs(params, part):
+            out_dir = models_dir / "candidate" if name == "candidate" else models_dir / "baselines" / name
+            staged = params.pretrained_encoders and len(modalities) > 1
+            results[name] = train_model(
+                processed_dir, out_dir, part_params, modalities, fusion,
+                models_dir / ".checkpoints" / name, Path(plots_dir) / part / f"{name}.csv",
+                encoders_from=_adopted_encoders(models_dir, modalities) if staged else None,
+            )  # fmt: skip
+        summary = {"candidate": results.pop("candidate")} if "candidate" in results else {}
+        summary["baselines"] = results
+        write_json(Path(metrics_dir) / f"train_{part}.json", summary)
+        merged["baselines"].update(results)
+        merged.update({k: v for k, v in summary.items() if k != "baselines"})
+    return merged

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
+from mmfuse.models.artifact import load_model
+from mmfuse.models.params import FUSIONS
+from mmfuse.pipeline import run_experiment
 from project_tools import run
 
 pytestmark = pytest.mark.slow
@@ -53,3 +59,17 @@ def test_bad_data_stops_the_pipeline_and_names_the_row(project_copy):
     assert done.returncode != 0
     assert "evil" in done.stdout + done.stderr
     assert "Running stage 'preprocess'" not in done.stdout  # nothing downstream ran on bad data
+
+
+def test_fusion_head_experiments_reuse_the_unimodal_models_and_compare_in_exp_show(project_copy):
+    unimodal = _tree_digest(project_copy / "models" / "baselines" / "image")
+    heads = [h for h in FUSIONS if h != yaml.safe_load((project_copy / "params.yaml").read_text())["train"]["fusion"]]
+    for head in heads:
+        output = run_experiment({"train.fusion": head}, project_copy, name=f"head-{head}")
+        assert "Running stage 'train_fusion'" in output and "Running stage 'train_unimodal'" not in output, output
+        assert load_model(project_copy / "models" / "candidate")[1]["model"]["fusion"] == head
+    assert _tree_digest(project_copy / "models" / "baselines" / "image") == unimodal
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project_copy).stdout)))
+    by_name = {row["Experiment"]: row for row in table if row["Experiment"]}
+    assert {by_name[f"head-{h}"]["train.fusion"] for h in heads} == set(heads)
+    assert all(0 <= float(by_name[f"head-{h}"]["fused_accuracy"]) <= 100 for h in heads)

@@ -41,7 +41,7 @@ def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.
     frame.to_csv(manifest, index=False)
     run(manifest, root / "processed", PreprocessParams(workers=1))
     params = tiny_params.model_copy(update={"batch_size": 16, "epochs": 8})  # enough steps to beat chance clearly
-    run_training(root / "processed", root / "models", params, root / "curves", root / "train.json")
+    run_training(root / "processed", root / "models", params, root / "curves", root / "metrics")
     return root, manifest
 
 
@@ -49,7 +49,8 @@ def _evaluate(project: tuple[Path, Path], out: Path) -> dict:
     root, manifest = project
     return run_evaluation(
         root / "processed", manifest, root / "models", PARAMS, out / "reports", out / "plots",
-        out / "metrics" / "evaluate.json", out / "models" / "calibration.json", root / "train.json",
+        out / "metrics" / "evaluate.json", out / "models" / "calibration.json",
+        [root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
     )  # fmt: skip
 
 

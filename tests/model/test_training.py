@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmfuse.config import load_params
-from mmfuse.errors import ConfigError
+from mmfuse.errors import ConfigError, MMFuseError
 from mmfuse.evaluate_subsets import evaluate_subsets
 from mmfuse.models.data import load_split
 from mmfuse.models.params import MODALITIES, TrainParams
@@ -133,15 +133,24 @@ def test_unknown_fusion_is_a_clear_config_error(processed_dir, tiny_params, tmp_
         _train(processed_dir, tmp_path, tiny_params, modalities=("video",))
 
 
+def test_the_fusion_part_asks_for_the_unimodal_models_first(processed_dir, tiny_params, tmp_path) -> None:
+    with pytest.raises(MMFuseError, match="dvc repro train_unimodal"):
+        run_training(processed_dir, tmp_path / "models", tiny_params, tmp_path / "plots", tmp_path / "metrics", ("fusion",))
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "models" / "baselines").exists()
+
+
 def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path) -> None:
     params = tiny_params.model_copy(update={"epochs": 2, "fusion": "gated"})
-    summary = run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics" / "train.json")
-    names = ["image", "audio", "text", "image+audio", "image+text", "audio+text"]
-    assert sorted(summary["baselines"]) == sorted(names)
-    for name in names:
-        assert all((tmp_path / "models" / "baselines" / name / f).exists() for f in ARTIFACT_FILES)
-        assert (tmp_path / "plots" / f"{name}.csv").read_text().startswith("epoch,lr,train_loss,val_loss,val_accuracy")
-    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["candidate"]["fusion"] == "gated"
+    summary = run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics")
+    parts = {"unimodal": ["image", "audio", "text"], "fusion": ["image+audio", "image+text", "audio+text"]}
+    assert sorted(summary["baselines"]) == sorted(parts["unimodal"] + parts["fusion"])
+    for part, names in parts.items():
+        assert sorted(json.loads((tmp_path / "metrics" / f"train_{part}.json").read_text())["baselines"]) == sorted(names)
+        for name in names:
+            assert all((tmp_path / "models" / "baselines" / name / f).exists() for f in ARTIFACT_FILES)
+            assert (tmp_path / "plots" / part / f"{name}.csv").read_text().startswith("epoch,lr,train_loss,val_loss,val_accuracy")
+    assert json.loads((tmp_path / "metrics" / "train_fusion.json").read_text())["candidate"]["fusion"] == "gated"
+    assert "candidate" not in json.loads((tmp_path / "metrics" / "train_unimodal.json").read_text())
     # staged training: the pairs and the fusion model carry the unimodal encoders, untouched
     fused, _ = load_model(tmp_path / "models" / "candidate")
     for m in MODALITIES:
@@ -149,8 +158,16 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
         for key, value in unimodal.encoders[m].state_dict().items():
             assert torch.equal(fused.encoders[m].state_dict()[key], value), (m, key)
     before = (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes()
-    run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics" / "train.json")
+    run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics")
     assert (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes() == before  # finished models are reused
+    # a fusion experiment reuses the unimodal stage: fusion knobs reach neither its weights nor its configs
+    other = tmp_path / "other"
+    fusion_only = params.model_copy(update={"fusion": "concat", "head_epochs": 1, "modality_dropout": 0.0})
+    run_training(processed_dir, other / "models", fusion_only, other / "plots", other / "metrics", ("unimodal",))
+    for m in MODALITIES:
+        for name in ARTIFACT_FILES:
+            assert (other / "models" / "baselines" / m / name).read_bytes() == (tmp_path / "models" / "baselines" / m / name).read_bytes()
+        assert "fusion" not in load_model(other / "models" / "baselines" / m)[1]["train"]
 
     report = evaluate_subsets(processed_dir, tmp_path / "models", "test")
     assert set(report["subsets"]) == {"image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text"}

@@ -14,6 +14,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +94,18 @@ def latency_ms(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], ba
     }
 
 
-def training_seconds(train_metrics_path: Path | None) -> dict[str, float | None]:
-    """Wall-clock training time per model name, from the train stage's metrics file (empty if absent).
+def training_seconds(train_metrics_paths: Sequence[Path]) -> dict[str, float | None]:
+    """Wall-clock training time per model name, from the train stages' metrics files (absent ones are skipped).
 
     The artifacts keep timings out of their metrics.json (it must be byte-stable), so the
-    train stage's own metrics file, {"candidate": {...}, "baselines": {name: {...}}}, is the
-    source; the candidate is reported under FUSED, as everywhere in the evaluation.
+    train stages' own metrics files, each {"candidate": {...}, "baselines": {name: {...}}},
+    are the source; the candidate is reported under FUSED, as everywhere in the evaluation.
     """
-    if train_metrics_path is None or not Path(train_metrics_path).exists():
-        return {}
-    summary = json.loads(Path(train_metrics_path).read_text())
-    found = {FUSED: summary.get("candidate", {}), **summary.get("baselines", {})}
+    found: dict[str, dict[str, Any]] = {}
+    for path in map(Path, train_metrics_paths):
+        if path.exists():
+            summary = json.loads(path.read_text())
+            found.update({**({FUSED: summary["candidate"]} if "candidate" in summary else {}), **summary.get("baselines", {})})
     return {name: entry.get("train_seconds") for name, entry in found.items()}
 
 
@@ -120,11 +122,11 @@ def measure(
     model_inputs: dict[str, dict[str, torch.Tensor]],
     batch_size: int,
     repeats: int,
-    train_metrics_path: Path | None,
+    train_metrics_paths: Sequence[Path],
 ) -> dict[str, Any]:
     """Per model: latency per sample and per batch, peak inference memory, training time; plus the
     stage's own peak memory. `model_inputs[name]`: up to `batch_size` test rows the model is scored on."""
-    trained = training_seconds(train_metrics_path)
+    trained = training_seconds(train_metrics_paths)
     per_model = {}
     for name, model in models.items():
         inputs = model_inputs[name]

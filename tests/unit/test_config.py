@@ -1,0 +1,39 @@
+"""params.yaml: the shipped file loads, and bad files fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmfuse.config import Params, load_params
+from mmfuse.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_params_load_and_match_the_defaults_where_documented() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params) and params.train.fusion == "late" and params.data.preset == "hard"
+
+
+def test_omegaconf_missing_marker_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """`dvc exp run -S` parses params.yaml with OmegaConf, where "???" means a missing value."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["text_noise"]["uninformative"] = ["", "???"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"data\.text_noise\.uninformative\[1\] is '\?\?\?'.*dvc exp run -S"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("train: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "mapping of sections"), ("train:\n  epochs: 0\n", "train.epochs")],
+)
+def test_bad_params_files_fail_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)
