@@ -82,7 +82,7 @@ def main() -> None:
     shutil.rmtree(work / "stage", ignore_errors=True)  # always from scratch: no checkpoint to resume
     try:
         started = time.perf_counter()
-        summary = run_training(args.processed, work / "stage" / "models", params, work / "stage" / "plots", work / "stage" / "train.json")
+        summary = run_training(args.processed, work / "stage" / "models", params, work / "stage" / "plots", work / "stage" / "metrics")
         stage_s = time.perf_counter() - started
         fusion = summary["candidate"]
         # Staged: producing the fusion model means training its three unimodal encoders first.
@@ -103,7 +103,7 @@ def main() -> None:
         if args.clean:
             clean_stage = work / "clean"
             shutil.rmtree(clean_stage, ignore_errors=True)
-            run_training(args.clean, clean_stage / "models", params, clean_stage / "plots", clean_stage / "train.json")
+            run_training(args.clean, clean_stage / "models", params, clean_stage / "plots", clean_stage / "metrics")
             result["clean"] = evaluate_subsets(args.clean, clean_stage / "models", "test")
             result["clean_fused_accuracy"] = result["clean"]["fused_accuracy"]
         if args.heads:
