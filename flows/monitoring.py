@@ -25,8 +25,11 @@ def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger
     `trigger` replaces the default (run the training deployment) when called in-process.
     """
     result = check(str(Path(project).resolve()), log, trigger)
-    get_run_logger().info("monitoring: %s over %d requests%s", result.status, result.records,
-                          f", training run {result.triggered} started" if result.triggered else "")  # fmt: skip
+    logger = get_run_logger()
+    logger.info("monitoring: %s over %d requests%s", result.status, result.records,
+                f", training run {result.triggered} started" if result.triggered else "")  # fmt: skip
+    if result.summary.get("trigger_error"):
+        logger.warning("retraining was not started: %s", result.summary["trigger_error"])
     create_markdown_artifact(summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic")
     return result.summary
 

@@ -185,7 +185,10 @@ def monitor(log: Optional[Path] = typer.Option(None, help="Inference log (defaul
     from prefect.flows import load_flow_from_entrypoint
 
     flow = load_flow_from_entrypoint("flows/monitoring.py:monitoring_flow")
-    console.print_json(data=flow(project=".", log=log))
+    summary = flow(project=".", log=log)
+    console.print_json(data=summary)
+    if summary.get("trigger_error"):
+        console.print(f"[yellow]warning[/]: traffic drifted, but {summary['trigger_error']}.")
 
 
 @app.command("simulate-traffic")

@@ -20,6 +20,7 @@ from test_service_support import LABELS, build_artifact, free_port, running
 
 from mmfuse import registry
 from mmfuse.config import Params
+from mmfuse.monitoring.check import TriggerFailed, trigger_training
 from mmfuse.monitoring.orchestrate import build_deployments, prefect_server as local_server
 from mmfuse.monitoring.params import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
@@ -65,6 +66,11 @@ def test_monitoring_flow_triggers_the_training_deployment_once_per_drifted_windo
     synthetic.log_traffic(log, 100, seed=13, start=datetime.now(timezone.utc), shift=1.5)
     still = monitoring_flow(project=str(project), log=str(log))
     assert still["status"] == "drift" and still["triggered"] is None and training_runs(deployment_id) == 1
+
+
+def test_an_unregistered_training_deployment_is_a_clear_trigger_failure(prefect_server):  # noqa: F811
+    with pytest.raises(TriggerFailed, match=r"mmfuse-training/never-registered is not registered.*mmfuse orchestrate"):
+        trigger_training("never-registered")({})
 
 
 def test_deployments_register_with_their_schedules_on_a_local_server(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ traffic moves the embeddings and the audio statistics.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfuse.monitoring.check import run_check
+from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
 from mmfuse.monitoring.params import MonitorParams
 from mmfuse.monitoring.reference import read_reference, write_reference
 from mmfuse.monitoring.state import load_state
@@ -133,6 +134,35 @@ def test_shifted_traffic_triggers_once_per_drifted_window(setup):
     second = check(project, log, ref, trigger, T0 + timedelta(hours=3))
     assert second.status == "drift" and second.triggered is None and second.records == 120
     assert len(trigger.calls) == 1
+    assert load_state(project / PARAMS.state_path).drifted
+
+
+class Unavailable(Counter):
+    """A trigger whose orchestrator is not there for the first `failures` calls."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def __call__(self, summary: dict[str, Any]) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise TriggerFailed("the training deployment mmfuse-training/nightly is not registered")
+        return super().__call__(summary)
+
+
+def test_a_failed_trigger_keeps_the_check_and_is_retried_on_the_next_drifted_window(setup):
+    project, log, ref = setup
+    trigger = Unavailable(failures=1)
+    log_traffic(log, 120, seed=4, start=T0, shift=1.5)
+    first = check(project, log, ref, trigger, T0 + timedelta(hours=1))
+    assert first.status == "drift" and first.triggered is None and "not registered" in first.summary["trigger_error"]
+    assert json.loads((project / PARAMS.reports_dir / "latest.json").read_text())["trigger_error"] == first.summary["trigger_error"]
+    assert "Retraining was not started" in summary_markdown(first)
+    assert not load_state(project / PARAMS.state_path).drifted  # no trigger went out: the episode is still open
+    log_traffic(log, 120, seed=5, start=T0 + timedelta(hours=1, seconds=1), shift=1.5)
+    second = check(project, log, ref, trigger, T0 + timedelta(hours=2))
+    assert second.triggered == "run-1" and second.summary["trigger_error"] is None
     assert load_state(project / PARAMS.state_path).drifted
 
 

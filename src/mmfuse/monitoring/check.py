@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse import registry
+from mmfuse.errors import MMFuseError
 from mmfuse.io import write_json
 from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
 from mmfuse.monitoring.log_checks import check_log
@@ -35,13 +36,29 @@ class CheckResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+class TriggerFailed(MMFuseError):
+    """Drift was found but retraining could not be started; the check itself still counts."""
+
+
 def trigger_training(deployment: str) -> Trigger:
     """A trigger that starts the training deployment `mmfuse-training/<deployment>` and does not wait."""
 
     def _trigger(summary: dict[str, Any]) -> str | None:
         from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
+        from prefect.settings import PREFECT_API_URL
 
-        run = run_deployment(name=f"mmfuse-training/{deployment}", timeout=0, tags=["drift"])
+        name = f"mmfuse-training/{deployment}"
+        try:
+            run = run_deployment(name=name, timeout=0, tags=["drift"])
+        except ObjectNotFound as exc:
+            server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
+            raise TriggerFailed(
+                f"the training deployment {name} is not registered on {server}: run `mmfuse orchestrate` "
+                "(and set PREFECT_API_URL to its server) so that drift starts retraining"
+            ) from exc
+        except Exception as exc:  # the server is down, refuses, times out: report it, keep the check
+            raise TriggerFailed(f"could not start the training deployment {name}: {exc}") from exc
         return str(run.id)
 
     return _trigger
@@ -98,15 +115,20 @@ def run_check(
     summary["accuracy_trend"] = [p.model_dump(mode="json") for p in history]
     drifted = drift.drifted or (accuracy is not None and accuracy[0].dropped)
     status = "drift" if drifted else "ok"
-    triggered = trigger(summary) if drifted and not state.drifted else None
-    summary.update(status=status, triggered=triggered, already_drifted=drifted and state.drifted)
+    triggered, trigger_error = None, None
+    if drifted and not state.drifted:
+        try:
+            triggered = trigger(summary)
+        except TriggerFailed as exc:  # the reports still get written; the next drifted check tries again
+            trigger_error = str(exc)
+    summary.update(status=status, triggered=triggered, trigger_error=trigger_error, already_drifted=drifted and state.drifted)
     write_json(out_dir / stamp / "drift.json", drift_report)
     if accuracy is not None:
         write_json(out_dir / stamp / "accuracy.json", accuracy[1])
     write_json(out_dir / stamp / "summary.json", summary)
     write_json(out_dir / "latest.json", summary)
     save_state(state_file, MonitorState(
-        last_check=now, drifted=drifted,
+        last_check=now, drifted=drifted and trigger_error is None,
         last_trigger=now if triggered else state.last_trigger, accuracy_history=history,
     ))  # fmt: skip
     return CheckResult(status, len(window), triggered, summary)
@@ -129,6 +151,9 @@ def summary_markdown(result: CheckResult) -> str:
         lines += ["", "Accuracy trend: " + " → ".join(f"{p['accuracy']:.3f}" for p in s["accuracy_trend"][-10:])]
     checks = s["log_checks"]
     lines += ["", "Log checks (Great Expectations): " + ("passed" if checks["success"] else "failed: " + ", ".join(checks["failed"]))]
-    lines += ["", f"Training run triggered: {result.triggered}" if result.triggered else "No training run triggered."]
+    if s.get("trigger_error"):
+        lines += ["", f"**Retraining was not started**: {s['trigger_error']}."]
+    else:
+        lines += ["", f"Training run triggered: {result.triggered}" if result.triggered else "No training run triggered."]
     return "\n".join(lines)
 
