@@ -32,7 +32,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory with its own params.yaml (a small request limit) and data/ folder."""
     promoted_champion()
     root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(f"serve:\n  max_request_bytes: {MAX_REQUEST_BYTES}\n  threads: 8\n")
+    (root / "params.yaml").write_text(f"serve:\n  max_request_bytes: {MAX_REQUEST_BYTES}\n  threads: 8\n  workers: 2\n")  # as shipped: one process per core
     return root
 
 

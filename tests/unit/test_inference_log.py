@@ -121,6 +121,17 @@ def test_feedback_is_stored_beside_its_request(log):
     assert row["true_label"] == "zero" and pd.notna(row["feedback_time"])
 
 
+def test_feedback_finds_a_request_another_worker_is_still_writing(log):
+    other = InferenceLog(log.path, max_rows=1000, queue_size=100)  # a second server worker, same file
+    late = threading.Timer(0.1, lambda: (other.record(record("f" * 32, prediction="two")), other.flush()))
+    late.start()
+    try:
+        assert log.feedback("f" * 32, "two") == "two"  # arrives while the other worker's write is pending
+    finally:
+        late.join()
+        other.close()
+
+
 def test_feedback_for_an_unknown_request_is_none(log):
     assert log.feedback("d" * 32, "zero") is None
 

@@ -53,6 +53,7 @@ STAT_COLUMNS: tuple[str, ...] = (
 )
 _WRITE_BATCH = 512  # records per transaction at most: bounds how long one commit holds the write lock
 _LINGER_S = 0.05  # after a first record, let more arrive: one commit per ~50 ms under load, not one per request
+_FEEDBACK_GRACE_S = 0.5  # how long an unknown request id may still be in another worker's writer queue
 _BUSY_TIMEOUT_MS = 5000  # another worker's commit holds the lock for milliseconds; wait rather than fail
 
 logger = logging.getLogger(__name__)
@@ -197,11 +198,13 @@ class InferenceLog:
         """Store the true label beside its request; return that request's prediction, None if unknown.
 
         Synchronous, since the caller must learn whether the request exists. A prediction
-        this process made a moment ago may still sit in the queue, so it flushes once before
-        giving up. (With several workers, a request served by another process moments ago can
-        still be in that process's queue; a client retrying a 404 later gets it stored.)
+        made a moment ago may still sit in a writer queue: this process's is flushed, and
+        another worker's (with serve.workers > 1) is given `_FEEDBACK_GRACE_S` to commit,
+        so a client sending feedback right after its prediction is not told "unknown".
         """
-        for attempt in range(2):
+        deadline = time.monotonic() + _FEEDBACK_GRACE_S
+        flushed = False
+        while True:
             conn = _connect(self.path)
             try:
                 updated = conn.execute(
@@ -212,9 +215,13 @@ class InferenceLog:
                 conn.close()
             if updated is not None:
                 return str(updated[0])
-            if attempt == 0:
+            if not flushed:
                 self.flush()
-        return None
+                flushed = True
+            elif time.monotonic() >= deadline:
+                return None
+            else:
+                time.sleep(0.02)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer thread."""
