@@ -37,3 +37,17 @@ def test_bad_params_files_fail_with_the_reason(tmp_path: Path, text: str, messag
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_dvc_rewrites_params_yaml_without_changing_a_line(tmp_path: Path) -> None:
+    """`dvc exp run -S` rewrites params.yaml through ruamel; block-style lists keep that rewrite
+    to the one line it changes, so an experiment's diff shows only what the experiment set."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(path) as data:
+        data["train"]["seed"] = 7
+    original, rewritten = (ROOT / "params.yaml").read_text().splitlines(), path.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(original, rewritten) if a != b]
+    assert len(original) == len(rewritten) and len(changed) == 1 and "seed: 7" in changed[0][1]
