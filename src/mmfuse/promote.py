@@ -66,6 +66,18 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).exists() else "absent"
 
 
+def _companions(champion_dir: Path, calibration_path: Path, reference: Path | None) -> str:
+    """"same" when the champion already carries this calibration and (when given) this drift reference.
+
+    They travel beside the weights in the store; a run that keeps the weights but changes
+    them (another val split, another monitor.reference_split) must still reach the champion.
+    """
+    pairs = [(champion_dir / "calibration.json", Path(calibration_path))]
+    if reference is not None:
+        pairs.append((champion_dir / "reference.parquet", Path(reference)))
+    return "same" if all(_file_digest(ours) == _file_digest(new) for ours, new in pairs) else "changed"
+
+
 def temperature_of(artifact_dir: Path, default_calibration: Path) -> float:
     """A stored champion carries its own calibration; the challenger's comes from this run's evaluate stage."""
     own = Path(artifact_dir) / "calibration.json"
@@ -91,12 +103,18 @@ def run_promotion(
     validation_passed = bool(json.loads(Path(validation_summary).read_text()).get("success"))
     challenger = scorer(candidate)
     current = registry.champion()
-    same_model = current is not None and _weights_digest(Path(current.path)) == _weights_digest(candidate)
-    champion_scores = scorer(Path(current.path)) if current is not None and not same_model else None
+    same_weights = current is not None and _weights_digest(Path(current.path)) == _weights_digest(candidate)
+    # Against itself the model needs no comparison: only the absolute gates judge new companions.
+    champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
     decision = decide(challenger, champion_scores, validation_passed, params)
     decision["champion_tag"] = str(current.tag) if current is not None else None
-    if same_model:
-        decision.update(verdict="keep", failed_gates=[], detail="the challenger's weights are the champion's: nothing to promote")
+    if same_weights and _companions(Path(current.path), calibration_path, reference) == "same":
+        decision.update(verdict="keep", failed_gates=[], detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote")
+    elif same_weights and decision["verdict"] == "promote":
+        decision["detail"] = (
+            "the champion's weights with a new calibration or drift reference: promoted as a new version, "
+            "so that serving and monitoring use them"
+        )
     if decision["verdict"] == "promote":
         with tempfile.TemporaryDirectory() as staging:
             artifact = Path(staging) / "artifact"

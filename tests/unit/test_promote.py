@@ -109,3 +109,23 @@ def test_stage_keeps_an_identical_challenger(stage_inputs):
     again = run_promotion(_candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json")
     assert again["verdict"] == "keep"
     assert len(registry.versions()) == 1
+
+
+def test_the_same_weights_with_a_new_calibration_or_reference_become_a_new_version(stage_inputs):
+    tmp_path, calibration, summary = stage_inputs
+    scorer = lambda artifact: scores()  # noqa: E731
+    reference = tmp_path / "reference.parquet"
+    reference.write_bytes(b"profile of val")
+    first = run_promotion(_candidate(tmp_path / "a", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference)
+    reference.write_bytes(b"profile of test")  # e.g. monitor.reference_split changed, the model did not
+    refreshed = run_promotion(_candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json", reference)
+    assert refreshed["verdict"] == "promote" and "new calibration or drift reference" in refreshed["detail"]
+    assert refreshed["champion"] is None  # judged on the absolute gates only: the model is the same
+    assert (Path(registry.champion().path) / "reference.parquet").read_bytes() == b"profile of test"
+    calibration.write_text('{"temperature": 0.9}')
+    recalibrated = run_promotion(_candidate(tmp_path / "c", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d3.json", reference)
+    assert recalibrated["verdict"] == "promote"
+    assert json.loads((Path(registry.champion().path) / "calibration.json").read_text())["temperature"] == 0.9
+    again = run_promotion(_candidate(tmp_path / "d", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d4.json", reference)
+    assert again["verdict"] == "keep"
+    assert len(registry.versions()) == 3 and first["promoted_tag"] != recalibrated["promoted_tag"]
