@@ -57,3 +57,9 @@ def test_parts_split_the_seven_models() -> None:
     assert all(head is None for _, _, head in unimodal) and all(head == "lmf" for _, _, head in fusion)
     with pytest.raises(ConfigError, match="unknown training part 'pairs'"):
         training_jobs(params, "pairs")
+
+
+def test_params_yaml_marks_exactly_the_fusion_only_knobs() -> None:
+    """The `[fusion]` comments tell users which knobs rerun only train_fusion; they must match the code."""
+    marked = {line.split(":")[0].strip() for line in (ROOT / "params.yaml").read_text().splitlines() if "# [fusion]" in line}
+    assert marked == {*FUSION_KNOBS, *FUSION_ARCH_KNOBS}
