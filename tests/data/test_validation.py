@@ -156,10 +156,23 @@ def test_unsafe_paths_fail_and_are_never_opened(dataset, tmp_path):
 def test_row_without_any_modality_fails(dataset):
     dataset.row("s5").update(image="", audio="", text="")
     message, summary = dataset.fail()
-    assert failed_names(summary) == {"has_modality"}
+    # s5 is the only test row: the test split is now also left without any modality
+    assert failed_names(summary) == {"has_modality", "image_in_every_split", "audio_in_every_split", "text_in_every_split"}
     assert entry(summary, "has_modality")["examples"][0]["sample_id"] == "s5"
     assert summary["modalities"] == {"image": 5, "audio": 5, "text": 5}
     assert "manifest/has_modality" in message and "s5 (row 6)" in message
+
+
+def test_a_modality_missing_from_a_split_fails_naming_it(dataset):
+    """E.g. a dataset of images and audio only: mmfuse needs each modality in every split."""
+    for row in dataset.rows:
+        if row["split"] != "train":
+            row["text"] = ""
+    message, summary = dataset.fail()
+    assert failed_names(summary) == {"text_in_every_split"}
+    assert entry(summary, "text_in_every_split")["missing"] == ["test", "val"]
+    assert not entry(summary, "image_in_every_split")["missing"]
+    assert "manifest/text_in_every_split" in message and "missing: test, val" in message
 
 
 def test_same_clip_in_train_and_test_is_leakage(dataset):

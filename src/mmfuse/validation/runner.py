@@ -119,8 +119,10 @@ def _entry(check: Check, outcome: ExpectationValidationResult, table: pd.DataFra
         "expectation": check.expectation.expectation_type,
         "column": check.column,
         "critical": check.critical,
+        "why": check.expectation.description,
         "success": bool(outcome.success),
         "unexpected_count": result.get("unexpected_count"),
+        "missing": sorted(map(str, result["partial_missing_list"])) if "partial_missing_list" in result else None,
         "examples": examples,
         "error": info.get("exception_message") if info.get("raised_exception") else None,
     }
@@ -133,6 +135,8 @@ def _describe(entry: dict[str, Any]) -> str:
         return f"{head}: could not run: {entry['error']}"
     count = entry["unexpected_count"]
     failing = f"{count} row(s) failed" if count is not None else "failed"
+    if entry["missing"]:  # a table-level expectation: say what is lacking, and why it matters
+        failing += f", missing: {', '.join(entry['missing'])} ({entry['why']})"
     shown = "; ".join(f"{e['sample_id'] or '<no id>'} (row {e['row']}): {e['value']!r}" for e in entry["examples"])
     return f"{head}: {failing}" + (f"; first: {shown}" if shown else "")
 

@@ -90,6 +90,8 @@ def validation_table(manifest: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFram
     table = table.join(row_flags(manifest)).join(facts)
     evaluated = table["split"].isin([s for s in SPLITS if s != "train"]) & table["label"].ne("")
     table["eval_label"] = table["label"].where(evaluated, None)
+    for modality in MODALITIES:  # the split of each row carrying the modality (None where absent)
+        table[f"{modality}_split"] = table["split"].where(table[modality].ne(""), None)
     for kind in ("image", "audio"):
         table[f"{kind}_path_problem"] = table[kind].map(_path_problem)
         table[f"{kind}_crosses_split"], table[f"{kind}_leak"] = _leak_details(table, kind)
@@ -132,6 +134,11 @@ def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]
                detail="label", column="eval_label", value_set=train_labels),
         _check("has_modality", "manifest", in_set, CRITICAL, f"Each row needs one of {', '.join(MODALITIES)}.",
                detail="sample_id", column="has_modality", value_set=[True]),
+    ] + [
+        _check(f"{modality}_in_every_split", "manifest", gx.expectations.ExpectColumnDistinctValuesToContainSet,
+               CRITICAL, f"A model is trained, selected and tested per modality: train, val and test each need rows with {modality}.",
+               column=f"{modality}_split", value_set=list(SPLITS))
+        for modality in MODALITIES
     ] + [
         _check(f"{kind}_path_safe", "manifest", in_set, CRITICAL, "Media paths must stay inside the dataset root.",
                detail=f"{kind}_path_problem", column=f"{kind}_path_safe", value_set=[True])
