@@ -35,8 +35,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP)  # after `make run`: ~3 min; the training benchmarks need a clean preset, see their docstrings
 	$(BIN)/python benchmarks/ingest_validate.py
+	$(BIN)/python benchmarks/preprocess_throughput.py --repeats 3
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean-venv:
 	rm -rf $(VENV)
