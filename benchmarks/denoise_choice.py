@@ -45,6 +45,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mmfuse.config import DataParams
 from mmfuse.data.avdigits import build_avdigits
+from mmfuse.io import write_json
 from mmfuse.preprocess.audio import audio_features, clean_audio, decode_audio, log_mel
 from mmfuse.preprocess.dedup import nearest, signature
 from mmfuse.preprocess.image import decode_image, image_features
@@ -280,8 +281,7 @@ def main() -> None:
         "dedup": measure_dedup(roots, manifest),
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULT, result)
     print(json.dumps({key: {k: v for k, v in result[key].items() if k != "candidates"}
                       for key in ("image_denoise", "audio_cleaning")}, indent=2))
 

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmfuse.io import write_json
+
 RESULT = Path("benchmarks/results/ingest_validate.json")
 
 
@@ -42,8 +44,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULT, result)
     print(json.dumps(result, indent=2))
 
 

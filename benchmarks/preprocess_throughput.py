@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mmfuse.io import write_json
+
 RESULT = Path("benchmarks/results/preprocess.json")
 _CHILD = """
 import json, sys
@@ -72,8 +74,7 @@ def main() -> None:
         "load_average_1min_before_each_run": [round(x, 2) for x in loads],
         "python": platform.python_version(),
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULT, result)
     print(json.dumps(result, indent=2))
 
 

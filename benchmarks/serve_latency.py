@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmfuse.io import write_json
+
 RESULT = Path("benchmarks/results/serve.json")
 GOALS = {"p50_ms": 10.0, "rps_c32": 300.0, "overhead_ratio": 3.0}
 
@@ -305,8 +307,7 @@ def main() -> None:
         },
         "note": "load generator and server share the machine's cores; other work on the machine counts in the load average",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 

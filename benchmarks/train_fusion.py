@@ -1,14 +1,13 @@
 """Training cost and accuracy of the fusion model, and the modality-imbalance experiments.
 
-    python benchmarks/train_fusion.py [--processed data/processed] [--clean DIR]
-                                      [--heads] [--imbalance] [--work DIR]
+    python benchmarks/train_fusion.py [--processed data/processed] [--imbalance] [--work DIR]
 
 Default: trains the whole stage (6 dedicated baselines + the fusion model, params.yaml's
 `train:`) from scratch in a work folder and writes benchmarks/results/train_fusion.json:
 fusion_train_s (with staged training: the three unimodal encoders plus the fusion head),
-seconds per epoch, samples/s, the whole stage's time, and the any-subset evaluation on test. --clean DIR also trains the whole stage on a processed `clean` preset
-and records clean_fused_accuracy. --heads trains every other fusion head too (their
-subset accuracies on test). --imbalance also trains the fusion model jointly from scratch,
+seconds per epoch, samples/s, the whole stage's time, and the any-subset evaluation on test.
+Accuracy over seeds, every head and the `clean` preset (clean_fused_accuracy) is
+benchmarks/train_seeds.py's. --imbalance also trains the fusion model jointly from scratch,
 with and without each counter-measure (auxiliary losses, modality dropout), and writes
 benchmarks/results/modality_imbalance.json: each modality's strength inside the fused model
 (fused accuracy with only that modality, auxiliary head accuracy) next to the dedicated
@@ -33,7 +32,7 @@ from mmfuse.evaluate_subsets import evaluate_subsets
 from mmfuse.io import write_json
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
-from mmfuse.models.params import FUSIONS, MODALITIES, TrainParams
+from mmfuse.models.params import MODALITIES, TrainParams
 from mmfuse.models.scoring import subset_scores
 from mmfuse.train import run_training, train_model
 
@@ -72,8 +71,6 @@ def _fusion_on_test(processed: Path, work: Path, name: str, params: TrainParams,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processed", type=Path, default=Path("data/processed"))
-    parser.add_argument("--clean", type=Path, help="processed `clean` preset: also measure clean_fused_accuracy")
-    parser.add_argument("--heads", action="store_true", help="also train the other fusion heads")
     parser.add_argument("--imbalance", action="store_true", help="also run the modality-imbalance ablations")
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed afterwards)")
     args = parser.parse_args()
@@ -100,19 +97,6 @@ def main() -> None:
             "per_model_train_s": {"candidate": fusion["train_seconds"], **{k: v["train_seconds"] for k, v in summary["baselines"].items()}},
             "test": evaluate_subsets(args.processed, work / "stage" / "models", "test"),
         }
-        if args.clean:
-            clean_stage = work / "clean"
-            shutil.rmtree(clean_stage, ignore_errors=True)
-            run_training(args.clean, clean_stage / "models", params, clean_stage / "plots", clean_stage / "metrics")
-            result["clean"] = evaluate_subsets(args.clean, clean_stage / "models", "test")
-            result["clean_fused_accuracy"] = result["clean"]["fused_accuracy"]
-        if args.heads:
-            baselines = work / "stage" / "models" / "baselines"
-            result["heads"] = {
-                head: _fusion_on_test(args.processed, work, f"head-{head}", params.model_copy(update={"fusion": head}), baselines)
-                for head in FUSIONS
-                if head != params.fusion
-            }
         write_json(RESULTS / "train_fusion.json", result)
         if args.imbalance:
             dedicated = {m: result["test"]["subsets"][m]["dedicated"] for m in MODALITIES}

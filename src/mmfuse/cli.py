@@ -100,8 +100,6 @@ def train(
     """Stage 4: the three unimodal baselines, then the pair baselines and the fusion model (resumes after a crash)."""
     from mmfuse.train import PARTS, run_training
 
-    if part is not None and part not in PARTS:
-        raise typer.BadParameter(f"{part!r} is not a training part; use one of {', '.join(PARTS)}.", param_hint="PART")
     summary = run_training(
         paths.PROCESSED, paths.MODELS, load_params().train, paths.PLOTS / "learning_curves", paths.METRICS, PARTS if part is None else (part,)
     )
@@ -115,12 +113,13 @@ def evaluate() -> None:
     """Stage 5: test metrics, every modality subset, robustness, calibration, complexity, HTML report."""
     from mmfuse.evaluate import run_evaluation
     from mmfuse.ingest import dataset_manifest
+    from mmfuse.train import PARTS, metrics_path
 
     params = load_params()
     run_evaluation(
         paths.PROCESSED, dataset_manifest(params.data), paths.MODELS, params.evaluate,
         paths.REPORTS / "evaluation", paths.PLOTS, paths.METRICS / "evaluate.json", paths.MODELS / "calibration.json",
-        train_metrics_paths=[paths.METRICS / f"train_{part}.json" for part in ("unimodal", "fusion")],
+        train_metrics_paths=[metrics_path(paths.METRICS, part) for part in PARTS],
     )  # fmt: skip
     console.print(f"[green]evaluated[/]: report in {paths.REPORTS / 'evaluation' / 'index.html'}")
 

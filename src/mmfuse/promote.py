@@ -53,10 +53,6 @@ def decide(challenger: Scores, champion: Scores | None, validation_passed: bool,
     }
 
 
-def _weights_digest(artifact_dir: Path) -> str:
-    return hashlib.sha256((Path(artifact_dir) / "model.safetensors").read_bytes()).hexdigest()
-
-
 def _git_commit() -> str:
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else "unknown"
@@ -66,16 +62,20 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).exists() else "absent"
 
 
-def _companions(champion_dir: Path, calibration_path: Path, reference: Path | None) -> str:
-    """"same" when the champion already carries this calibration and (when given) this drift reference.
+def _changed_files(champion_dir: Path, candidate: Path, calibration_path: Path, reference: Path | None) -> set[str]:
+    """Which of the challenger's weights, calibration and (when given) drift reference differ from the champion's.
 
-    They travel beside the weights in the store; a run that keeps the weights but changes
-    them (another val split, another monitor.reference_split) must still reach the champion.
+    Calibration and reference travel beside the weights in the store: a run that keeps the
+    weights but changes them (another val split, another monitor.reference_split) must
+    still reach the champion.
     """
-    pairs = [(champion_dir / "calibration.json", Path(calibration_path))]
+    pairs = {
+        "weights": (champion_dir / "model.safetensors", Path(candidate) / "model.safetensors"),
+        "calibration": (champion_dir / "calibration.json", Path(calibration_path)),
+    }
     if reference is not None:
-        pairs.append((champion_dir / "reference.parquet", Path(reference)))
-    return "same" if all(_file_digest(ours) == _file_digest(new) for ours, new in pairs) else "changed"
+        pairs["reference"] = (champion_dir / "reference.parquet", Path(reference))
+    return {name for name, (ours, new) in pairs.items() if _file_digest(ours) != _file_digest(new)}
 
 
 def temperature_of(artifact_dir: Path, default_calibration: Path) -> float:
@@ -103,12 +103,13 @@ def run_promotion(
     validation_passed = bool(json.loads(Path(validation_summary).read_text()).get("success"))
     challenger = scorer(candidate)
     current = registry.champion()
-    same_weights = current is not None and _weights_digest(Path(current.path)) == _weights_digest(candidate)
+    changed = _changed_files(Path(current.path), candidate, calibration_path, reference) if current is not None else None
+    same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
     champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
     decision = decide(challenger, champion_scores, validation_passed, params)
     decision["champion_tag"] = str(current.tag) if current is not None else None
-    if same_weights and _companions(Path(current.path), calibration_path, reference) == "same":
+    if same_weights and not changed:
         decision.update(verdict="keep", failed_gates=[], detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote")
     elif same_weights and decision["verdict"] == "promote":
         decision["detail"] = (

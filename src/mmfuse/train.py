@@ -39,7 +39,7 @@ from mmfuse.models.data import Split, load_meta, load_split, sample_shapes, spli
 from mmfuse.models.params import FUSIONS, MODALITIES, TrainParams
 from mmfuse.models.scoring import subset_scores
 
-__all__ = ["train_model", "run_training", "load_model", "training_jobs", "unimodal_params", "PARTS"]
+__all__ = ["train_model", "run_training", "load_model", "training_jobs", "unimodal_params", "metrics_path", "PARTS"]
 
 CHECKPOINT = "checkpoint.pt"
 CURVE_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_subset_loss")
@@ -395,9 +395,14 @@ def run_training(
                 models_dir / ".checkpoints" / name, Path(plots_dir) / part / f"{name}.csv",
                 encoders_from=_adopted_encoders(models_dir, modalities) if staged else None,
             )  # fmt: skip
-        summary = {"candidate": results.pop("candidate")} if "candidate" in results else {}
-        summary["baselines"] = results
-        write_json(Path(metrics_dir) / f"train_{part}.json", summary)
+        candidate = results.pop("candidate", None)
+        summary = {"baselines": results, **({"candidate": candidate} if candidate else {})}
+        write_json(metrics_path(metrics_dir, part), summary)
         merged["baselines"].update(results)
-        merged.update({k: v for k, v in summary.items() if k != "baselines"})
+        merged.update({"candidate": candidate} if candidate else {})
     return merged
+
+
+def metrics_path(metrics_dir: Path, part: str) -> Path:
+    """Where a training part's metrics go (the evaluate stage reads the training times there)."""
+    return Path(metrics_dir) / f"train_{part}.json"

@@ -105,7 +105,9 @@ def training_seconds(train_metrics_paths: Sequence[Path]) -> dict[str, float | N
     for path in map(Path, train_metrics_paths):
         if path.exists():
             summary = json.loads(path.read_text())
-            found.update({**({FUSED: summary["candidate"]} if "candidate" in summary else {}), **summary.get("baselines", {})})
+            found.update(summary.get("baselines", {}))
+            if "candidate" in summary:
+                found[FUSED] = summary["candidate"]
     return {name: entry.get("train_seconds") for name, entry in found.items()}
 
 
