@@ -43,13 +43,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
-from mmfuse.config import DataParams
+from mmfuse.params.data import DataParams
 from mmfuse.data.avdigits import build_avdigits
 from mmfuse.io import write_json
 from mmfuse.preprocess.audio import audio_features, clean_audio, decode_audio, log_mel
 from mmfuse.preprocess.dedup import nearest, signature
 from mmfuse.preprocess.image import decode_image, image_features
-from mmfuse.preprocess.params import AudioParams, DedupParams, ImageParams
+from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams
 
 RESULT = Path("benchmarks/results/denoise_choice.json")
 PRESETS = ("hard", "clean")

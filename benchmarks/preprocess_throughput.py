@@ -29,8 +29,8 @@ RESULT = Path("benchmarks/results/preprocess.json")
 _CHILD = """
 import json, sys
 from pathlib import Path
-from mmfuse.config import load_params
-from mmfuse.preprocess.stage import run
+from mmfuse.params import load_params
+from mmfuse.preprocess.build import run
 print(json.dumps(run(Path(sys.argv[1]), Path(sys.argv[2]), load_params().preprocess)))
 """
 

@@ -73,10 +73,10 @@ def stand_in_artifact(out_dir: Path) -> Path:
     import numpy as np
     import torch
 
-    from mmfuse.config import load_params
+    from mmfuse.params import load_params
     from mmfuse.models.artifact import save_artifact
     from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
-    from mmfuse.models.params import MODALITIES
+    from mmfuse.modality import MODALITIES
     from mmfuse.preprocess.state import PreprocessState
     from mmfuse.preprocess.text import Vocabulary
 
@@ -212,7 +212,7 @@ class InProcess:
     def __init__(self, artifact_dir: Path, body: dict[str, Any], torch_threads: int) -> None:
         import torch
 
-        from mmfuse.serving.predictor import Predictor, RawSample
+        from mmfuse.inference.predictor import Predictor, RawSample
 
         torch.set_num_threads(torch_threads)
         self.predictor = Predictor(artifact_dir, "in-process")
@@ -245,7 +245,7 @@ def main() -> None:
     if not args.champion:
         env["BENTOML_HOME"] = str(work / "bentoml")
     os.environ.update({k: env[k] for k in ("BENTOML_HOME", "BENTOML_DO_NOT_TRACK") if k in env})
-    from mmfuse import registry  # after BENTOML_HOME is settled: BentoML reads it at import
+    from mmfuse.inference import registry  # after BENTOML_HOME is settled: BentoML reads it at import
 
     if args.champion:
         if registry.champion() is None:
@@ -256,7 +256,7 @@ def main() -> None:
         model_source = "stand-in (params.yaml architecture, random weights)"
     champion = registry.champion()
     shutil.copy(args.params, work / "params.yaml")
-    from mmfuse.config import load_params
+    from mmfuse.params import load_params
 
     serve = load_params(args.params).serve
     body = payload()

@@ -27,14 +27,15 @@ from typing import Any
 
 import torch
 
-from mmfuse.config import load_params
-from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.params import load_params
+from mmfuse.evaluation.subsets import evaluate_subsets
 from mmfuse.io import write_json
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
-from mmfuse.models.params import MODALITIES, TrainParams
+from mmfuse.modality import MODALITIES
+from mmfuse.params.train import TrainParams
 from mmfuse.models.scoring import subset_scores
-from mmfuse.train import run_training, train_model
+from mmfuse.training.jobs import run_training, train_model
 
 RESULTS = Path(__file__).parent / "results"
 IMBALANCE_VARIANTS = {  # all trained jointly from scratch, against the staged default

@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmfuse.config import load_params
-from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.params import load_params
+from mmfuse.evaluation.subsets import evaluate_subsets
 from mmfuse.io import write_json
-from mmfuse.models.params import FUSIONS, MODALITIES, TrainParams
-from mmfuse.train import run_training, train_model
+from mmfuse.modality import MODALITIES
+from mmfuse.params.train import FUSIONS, TrainParams
+from mmfuse.training.jobs import run_training, train_model
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = ("image+audio", "image+text", "audio+text")

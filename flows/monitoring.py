@@ -1,38 +1,8 @@
-"""Prefect flow: one monitoring check of the logged traffic (thin: the work is mmfuse.monitoring.check)."""
+"""Entry file of the monitoring deployment (`prefect deploy flows/monitoring.py:monitoring_flow`); the flow lives in mmfuse."""
 
-from __future__ import annotations
+from mmfuse.orchestration.monitoring import monitoring_flow
 
-from pathlib import Path
-from typing import Any
-
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
-
-from mmfuse.config import load_params
-from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
-
-
-@task(task_run_name="check logged traffic")
-def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult:
-    params = load_params(Path(project) / "params.yaml").monitor
-    return run_check(Path(project), params, trigger or trigger_training(params.training_deployment), Path(log) if log else None)
-
-
-@flow(name="mmfuse-monitoring", log_prints=True)
-def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger | None = None) -> dict[str, Any]:
-    """Validate and drift-check the log since the last check; on entering drift, start training.
-
-    `trigger` replaces the default (run the training deployment) when called in-process.
-    """
-    result = check(str(Path(project).resolve()), log, trigger)
-    logger = get_run_logger()
-    logger.info("monitoring: %s over %d requests%s", result.status, result.records,
-                f", training run {result.triggered} started" if result.triggered else "")  # fmt: skip
-    if result.summary.get("trigger_error"):
-        logger.warning("retraining was not started: %s", result.summary["trigger_error"])
-    create_markdown_artifact(summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic")
-    return result.summary
-
+__all__ = ["monitoring_flow"]
 
 if __name__ == "__main__":
     monitoring_flow()

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmfuse.config import DataParams, TextNoise
+from mmfuse.params.data import DataParams, TextNoise
 from mmfuse.data.avdigits import DIGIT_WORDS, build_avdigits, noisy_transcript, read_idx
 from mmfuse.data.sources import FSDD, MNIST, fetch_source
 from mmfuse.errors import ConfigError, SourceError

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mmfuse.config import DataParams
+from mmfuse.params.data import DataParams
 from mmfuse.data.manifest import read_manifest, resolve_media, row_flags
 from mmfuse.errors import ConfigError, ManifestError
-from mmfuse.ingest import dataset_manifest, run_ingest
+from mmfuse.stages.ingest import dataset_manifest, run_ingest
 
 
 def test_own_dataset_is_copied_with_its_media(tiny_dataset, tmp_path):

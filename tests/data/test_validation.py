@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmfuse.config import ValidateParams
+from mmfuse.params.validate import ValidateParams
 from mmfuse.data.manifest import REQUIRED_COLUMNS, read_manifest
 from mmfuse.errors import ValidationFailed
 from mmfuse.validation import run_validation

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from mmfuse.models.artifact import load_model
-from mmfuse.models.params import FUSIONS
-from mmfuse.pipeline import run_experiment
+from mmfuse.params.train import FUSIONS
+from mmfuse.orchestration.dvc import run_experiment
 from project_tools import run
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 
 import importlib.util
-import os
 import shutil
 import sys
 from datetime import datetime, timedelta, timezone
@@ -18,14 +17,14 @@ import yaml
 from conftest_flows import prefect_server  # noqa: F401 (session fixture)
 from test_service_support import LABELS, build_artifact, free_port, running
 
-from mmfuse import registry
-from mmfuse.config import Params
+from mmfuse.inference import registry
+from mmfuse.params import Params
 from mmfuse.monitoring.check import TriggerFailed, trigger_training
-from mmfuse.monitoring.orchestrate import build_deployments, prefect_server as local_server
-from mmfuse.monitoring.params import MonitorParams
+from mmfuse.orchestration.server import build_deployments, prefect_server as local_server
+from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
 from mmfuse.monitoring.traffic import simulate_traffic
-from mmfuse.serving.inference_log import read_log
+from mmfuse.inference.log import read_log
 
 ROOT = Path(__file__).resolve().parents[2]
 # The synthetic reference and traffic of the unit tests (one implementation for both levels).

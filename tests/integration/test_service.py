@@ -17,8 +17,8 @@ from starlette.testclient import TestClient
 from test_service_support import LABELS, TEMPERATURE, build_artifact, png, promoted_champion, running, tiny_state, wav
 
 from mmfuse.preprocess.sample import preprocess_sample
-from mmfuse.serving.inference_log import LOG_ENV, read_log
-from mmfuse.serving.predictor import InputProblem, Predictor, RawSample
+from mmfuse.inference.log import LOG_ENV, read_log
+from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
 
 MEDIA = {"image": ("digit.png", png(), "image/png"), "audio": ("clip.wav", wav(), "audio/wav")}
 
@@ -314,7 +314,7 @@ def test_a_bad_calibration_file_is_refused(tmp_path):
 
 
 def test_a_missing_champion_is_a_clear_error(monkeypatch, tmp_path):
-    from mmfuse import registry
+    from mmfuse.inference import registry
     from mmfuse.serving import serve
 
     monkeypatch.setattr(registry, "champion", lambda: None)
@@ -323,7 +323,7 @@ def test_a_missing_champion_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_log_path_defaults_under_the_working_dir(monkeypatch):
-    from mmfuse.serving.inference_log import log_path
+    from mmfuse.inference.log import log_path
 
     monkeypatch.delenv(LOG_ENV, raising=False)
     assert log_path() == Path("data/inference/log.sqlite")

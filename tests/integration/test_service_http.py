@@ -19,7 +19,7 @@ import pytest
 from test_service_support import LABELS, Server, png, promoted_champion, start_server, wav
 
 from mmfuse.serving.auth import TOKEN_ENV
-from mmfuse.serving.inference_log import LOG_ENV, read_log
+from mmfuse.inference.log import LOG_ENV, read_log
 
 TOKEN = "test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -30,15 +30,15 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from mmfuse import registry
+from mmfuse.inference import registry
 from mmfuse.models.artifact import save_artifact
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
-from mmfuse.models.params import ArchParams, EncoderParams
-from mmfuse.preprocess.params import AudioParams, ImageParams, PreprocessParams, TextParams
+from mmfuse.params.train import ArchParams, EncoderParams
+from mmfuse.params.preprocess import AudioParams, ImageParams, PreprocessParams, TextParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary
 from mmfuse.serving.auth import TOKEN_ENV
-from mmfuse.serving.inference_log import LOG_ENV
+from mmfuse.inference.log import LOG_ENV
 from mmfuse.serving.service import MMFuse
 
 LABELS = ("zero", "one", "two")

@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import save_file
 from synthetic_data import IMAGE, MELS, FRAMES, N_CLASSES, TEXT_LEN, make_split
 
-from mmfuse.models.params import ArchParams, AugmentParams, EncoderParams, TrainParams
+from mmfuse.params.train import ArchParams, AugmentParams, EncoderParams, TrainParams
 
 
 @pytest.fixture(scope="session")

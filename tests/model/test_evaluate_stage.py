@@ -11,15 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfuse.evaluate import run_evaluation, score_artifact
-from mmfuse.evaluation.params import EvaluateParams
+from mmfuse.stages.evaluate import run_evaluation, score_artifact
+from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.evaluation.predict import embeddings
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
-from mmfuse.models.params import TrainParams
-from mmfuse.preprocess.params import PreprocessParams
-from mmfuse.preprocess.stage import run
-from mmfuse.train import run_training
+from mmfuse.params.train import TrainParams
+from mmfuse.params.preprocess import PreprocessParams
+from mmfuse.preprocess.build import run
+from mmfuse.training.jobs import run_training
 
 PARAMS = EvaluateParams(latency_batch=8, latency_repeats=2)
 STABLE = (

@@ -8,8 +8,9 @@ import torch
 from mmfuse.models.augment import augment_audio
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, nonempty_subsets
 from mmfuse.models.encoders import UtteranceNorm
-from mmfuse.models.params import FUSIONS, MODALITIES, AugmentParams
-from mmfuse.train import drop_modalities
+from mmfuse.modality import MODALITIES
+from mmfuse.params.train import AugmentParams, FUSIONS
+from mmfuse.training.jobs import drop_modalities
 
 from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, VOCAB, make_split
 

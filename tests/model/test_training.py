@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmfuse.config import load_params
+from mmfuse.params import load_params
 from mmfuse.errors import ConfigError, MMFuseError
-from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.evaluation.subsets import evaluate_subsets
 from mmfuse.models.data import load_split
-from mmfuse.models.params import MODALITIES, TrainParams
-from mmfuse.train import CHECKPOINT, load_model, run_training, train_model
+from mmfuse.modality import MODALITIES
+from mmfuse.params.train import TrainParams
+from mmfuse.training.jobs import CHECKPOINT, load_model, run_training, train_model
 
 ARTIFACT_FILES = ("model.safetensors", "config.json", "metrics.json")
 
@@ -78,8 +79,8 @@ def test_resume_after_sigkill_ends_identical(processed_dir, tiny_params, referen
         f"""
         import os, signal
         from pathlib import Path
-        from mmfuse.models.params import TrainParams
-        from mmfuse.train import train_model
+        from mmfuse.params.train import TrainParams
+        from mmfuse.training.jobs import train_model
         root = Path({str(tmp_path)!r})
         params = TrainParams.model_validate_json({tiny_params.model_dump_json()!r})
         train_model(Path({str(processed_dir)!r}), root / "model", params, ("image", "audio", "text"), "late",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmfuse.config import Params, load_params
+from mmfuse.params import Params, load_params
 from mmfuse.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

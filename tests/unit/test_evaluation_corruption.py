@@ -19,10 +19,10 @@ from mmfuse.evaluation.corruption import (
     corruption_rng,
     split_rows,
 )
-from mmfuse.evaluation.params import EvaluateParams, RobustnessParams
+from mmfuse.params.evaluate import EvaluateParams, RobustnessParams
 from mmfuse.models.data import load_split
-from mmfuse.preprocess.params import PreprocessParams
-from mmfuse.preprocess.stage import run
+from mmfuse.params.preprocess import PreprocessParams
+from mmfuse.preprocess.build import run
 from mmfuse.preprocess.state import PreprocessState
 
 BY_NAME = {c.name: c for c in CORRUPTIONS}

@@ -13,15 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfuse.serving.inference_log import (
-    LOG_ENV,
-    STAT_COLUMNS,
-    InferenceLog,
-    LogRecord,
-    input_statistics,
-    log_path,
-    read_log,
-)
+from mmfuse.inference.log import InferenceLog, LOG_ENV, LogRecord, STAT_COLUMNS, input_statistics, log_path, read_log
 
 
 def record(request_id: str, ts: float | None = None, prediction: str = "one") -> LogRecord:

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 
 from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
-from mmfuse.monitoring.params import MonitorParams
+from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import read_reference, write_reference
 from mmfuse.monitoring.state import load_state
-from mmfuse.serving.inference_log import STAT_COLUMNS, InferenceLog, LogRecord
+from mmfuse.inference.log import InferenceLog, LogRecord, STAT_COLUMNS
 
 LABELS = ("zero", "one", "two")
 DIM = 24  # 3 modalities x embed_dim 8, as the tiny service model

@@ -17,7 +17,7 @@ from mmfuse.preprocess.audio import (
     stft,
     voice_bounds,
 )
-from mmfuse.preprocess.params import AudioParams
+from mmfuse.params.preprocess import AudioParams
 
 RATE = 8000
 

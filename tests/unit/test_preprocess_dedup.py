@@ -11,7 +11,7 @@ from PIL import Image
 from mmfuse.preprocess.audio import log_mel
 from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
 from mmfuse.preprocess.image import decode_image
-from mmfuse.preprocess.params import AudioParams, DedupParams, ImageParams, TextParams
+from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams, TextParams
 from mmfuse.preprocess.text import normalise_text
 
 GRID = DedupParams().grid

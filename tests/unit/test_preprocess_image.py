@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmfuse.errors import MediaError
 from mmfuse.preprocess.image import decode_image, denoise, image_features
-from mmfuse.preprocess.params import ImageParams
+from mmfuse.params.preprocess import ImageParams
 
 
 def test_grey_png_at_the_output_size_is_only_scaled(make_image, make_digit):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmfuse.errors import MediaError
-from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mmfuse.errors import ManifestError, MediaError
-from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.sample import preprocess_sample
-from mmfuse.preprocess.stage import media_path, run
+from mmfuse.preprocess.build import media_path, run
 from mmfuse.preprocess.state import PreprocessState
 
 PARAMS = PreprocessParams(chunk_size=5)  # several chunks, so results are reassembled across workers

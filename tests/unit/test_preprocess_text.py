@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mmfuse.errors import ConfigError, MediaError
-from mmfuse.preprocess.params import TextParams
+from mmfuse.params.preprocess import TextParams
 from mmfuse.preprocess.text import Vocabulary, clean_text, normalise_text
 
 

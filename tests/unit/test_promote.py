@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mmfuse import registry
-from mmfuse.config import PromoteParams
-from mmfuse.promote import decide, run_promotion
+from mmfuse.inference import registry
+from mmfuse.params.promote import PromoteParams
+from mmfuse.stages.promote import decide, run_promotion
 
 SUBSETS = ("image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text")
 PARAMS = PromoteParams(min_accuracy=85.0, margin=0.0, subset_tolerance=1.0, max_ece=0.05)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmfuse import registry
+from mmfuse.inference import registry
 
 
 @pytest.fixture(autouse=True)

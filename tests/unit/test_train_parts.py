@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from mmfuse.errors import ConfigError
-from mmfuse.models.params import ArchParams, TrainParams
-from mmfuse.train import FUSION_ARCH_KNOBS, FUSION_KNOBS, training_jobs, unimodal_params
+from mmfuse.params.train import ArchParams, TrainParams
+from mmfuse.training.jobs import FUSION_ARCH_KNOBS, FUSION_KNOBS, training_jobs, unimodal_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

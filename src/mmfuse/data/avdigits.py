@@ -21,7 +21,7 @@ from PIL import Image
 from scipy.io import wavfile
 from rich.progress import track
 
-from mmfuse.config import DataParams, Degradation, TextNoise
+from mmfuse.params.data import DataParams, Degradation, TextNoise
 from mmfuse.errors import ConfigError, SourceError
 from mmfuse.io import atomic_dir, write_json
 

@@ -12,9 +12,10 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from mmfuse.errors import ManifestError
+from mmfuse.modality import MODALITIES
+from mmfuse.params.data import DataParams
 
 REQUIRED_COLUMNS = ("sample_id", "label", "split", "image", "audio", "text")
-MODALITIES = ("image", "audio", "text")
 SPLITS = ("train", "val", "test")
 MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 
@@ -85,3 +86,16 @@ def row_flags(frame: pd.DataFrame) -> pd.DataFrame:
     flags["image_path_safe"] = frame["image"].map(lambda p: unsafe_path_reason(p) is None)
     flags["audio_path_safe"] = frame["audio"].map(lambda p: unsafe_path_reason(p) is None)
     return flags
+
+
+def dataset_name(params: DataParams) -> str:
+    """avdigits, or the name of the folder that holds your manifest."""
+    if params.dataset == "avdigits":
+        return "avdigits"
+    return Path(params.dataset).parent.name or "dataset"
+
+
+def dataset_manifest(params: DataParams, raw_root: Path) -> Path:
+    """The ingested manifest that every later stage reads."""
+    name = "manifest.parquet" if params.dataset.endswith(".parquet") else "manifest.csv"
+    return Path(raw_root) / dataset_name(params) / name

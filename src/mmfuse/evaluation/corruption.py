@@ -29,8 +29,8 @@ from mmfuse.data.avdigits import typos  # the dataset's own typo model, not a se
 from mmfuse.data.avdigits import add_noise
 from mmfuse.data.manifest import read_manifest, resolve_media
 from mmfuse.errors import MMFuseError
-from mmfuse.evaluation.params import RobustnessParams
-from mmfuse.models.params import MODALITIES
+from mmfuse.params.evaluate import RobustnessParams
+from mmfuse.modality import MODALITIES
 from mmfuse.preprocess.audio import audio_features, decode_audio
 from mmfuse.preprocess.image import decode_image, prepare_image
 from mmfuse.preprocess.state import PreprocessState

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmfuse.evaluation.corruption import CORRUPTIONS, NoisyInputs
-from mmfuse.evaluation.params import RobustnessParams
+from mmfuse.params.evaluate import RobustnessParams
 from mmfuse.evaluation.predict import (
     FUSED,
     REFERENCE,

@@ -1,5 +1,1 @@
-"""Encoders, fusion heads and the multimodal classifier (see classifier.py for the any-subset design).
-
-Deliberately empty of imports: config.py reads `mmfuse.models.params` for every CLI
-command, and that must not pay for importing torch.
-"""
+"""Encoders, fusion heads, the any-subset classifier (classifier.py) and its artifact format."""

@@ -9,6 +9,7 @@ and data give byte-identical files and DVC sees no change on a rerun.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
 
 FORMAT = "mmfuse-model/1"
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
+CALIBRATION = "calibration.json"  # the temperature, beside the weights once the model is in the store
 
 
 def save_artifact(out_dir: Path, model: MultimodalClassifier, config: dict[str, Any], metrics: dict[str, Any]) -> None:
@@ -54,3 +56,20 @@ def load_model(artifact_dir: Path) -> tuple[MultimodalClassifier, dict[str, Any]
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def read_temperature(artifact_dir: Path, calibration: Path | None = None) -> float:
+    """The calibration temperature serving divides the logits by: the one stored beside the weights,
+    else `calibration` (the evaluate stage's output, for a challenger not yet in the store), else 1.
+    """
+    own = Path(artifact_dir) / CALIBRATION
+    path = own if own.exists() else Path(calibration) if calibration is not None and Path(calibration).exists() else None
+    if path is None:
+        return 1.0
+    try:
+        temperature = float(json.loads(path.read_text())["temperature"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MMFuseError(f"{path}: expected {{\"temperature\": <positive number>}} ({exc}).") from exc
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise MMFuseError(f"{path}: temperature must be a positive finite number, got {temperature}.")
+    return temperature

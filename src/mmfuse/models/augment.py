@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from mmfuse.models.params import AugmentParams
+from mmfuse.params.train import AugmentParams
 
 
 def _band(size: int, count: int, width: int) -> torch.Tensor:

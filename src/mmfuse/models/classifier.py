@@ -17,7 +17,8 @@ from torch import nn
 
 from mmfuse.models.encoders import build_encoder
 from mmfuse.models.fusion import HEADS
-from mmfuse.models.params import MODALITIES, ArchParams, Fusion
+from mmfuse.modality import MODALITIES
+from mmfuse.params.train import ArchParams, Fusion
 
 
 class ModelSpec(BaseModel):

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mmfuse.errors import MMFuseError
-from mmfuse.models.params import MODALITIES
+from mmfuse.modality import MODALITIES
 
 SPLIT_KEYS = (*MODALITIES, "mask", "label")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmfuse.errors import ConfigError
-from mmfuse.models.params import EncoderParams
+from mmfuse.params.train import EncoderParams
 
 
 class UtteranceNorm(nn.Module):

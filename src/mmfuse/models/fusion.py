@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.models.params import ArchParams
+from mmfuse.params.train import ArchParams
 
 
 class ConcatHead(nn.Module):

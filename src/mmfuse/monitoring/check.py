@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmfuse import registry
+from mmfuse.inference import registry
 from mmfuse.errors import MMFuseError
 from mmfuse.io import write_json
 from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
 from mmfuse.monitoring.log_checks import check_log
-from mmfuse.monitoring.params import MonitorParams
+from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_FILE, read_reference
 from mmfuse.monitoring.state import AccuracyPoint, MonitorState, load_state, save_state
-from mmfuse.serving.inference_log import DEFAULT_LOG, LOG_ENV, read_log
+from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, read_log
 
 Trigger = Callable[[dict[str, Any]], str | None]  # gets the check summary, returns the run it started
 

@@ -22,8 +22,8 @@ from evidently import DataDefinition, Dataset, MulticlassClassification, Report
 from evidently.presets import ClassificationPreset, DataDriftPreset
 
 from mmfuse.errors import MMFuseError
-from mmfuse.monitoring.params import MonitorParams
-from mmfuse.serving.inference_log import STAT_COLUMNS
+from mmfuse.params.monitor import MonitorParams
+from mmfuse.inference.log import STAT_COLUMNS
 
 _MIN_VALUES = 5  # a statistic seen fewer times than this on either side is not tested
 

@@ -17,7 +17,7 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from mmfuse.serving.inference_log import STAT_COLUMNS
+from mmfuse.inference.log import STAT_COLUMNS
 
 MODALITY_FLAGS = ("has_image", "has_audio", "has_text")
 _NON_NEGATIVE = tuple(name for name in STAT_COLUMNS if not name.endswith("_mean") and name != "text_unk_share")

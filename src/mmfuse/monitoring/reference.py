@@ -7,7 +7,6 @@ would hold had those samples been served, so monitoring compares like with like.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +17,8 @@ import torch
 from mmfuse.data.manifest import read_manifest, resolve_media
 from mmfuse.errors import MMFuseError
 from mmfuse.io import atomic_file
-from mmfuse.serving.inference_log import STAT_COLUMNS
-from mmfuse.serving.predictor import InputProblem, Predictor, RawSample
+from mmfuse.inference.log import STAT_COLUMNS
+from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
 
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_COLUMNS: tuple[str, ...] = (
@@ -51,9 +50,7 @@ def build_reference(
     rows = manifest[manifest["split"] == split].sort_values("sample_id", kind="stable")
     if rows.empty:
         raise MMFuseError(f"{raw_manifest} has no {split!r} rows to build the drift reference from.")
-    predictor = Predictor(Path(artifact_dir), version="reference")
-    if calibration is not None and Path(calibration).exists():
-        predictor.temperature = float(json.loads(Path(calibration).read_text())["temperature"])
+    predictor = Predictor(Path(artifact_dir), version="reference", calibration=calibration)
     root = Path(raw_manifest).parent
     records: list[dict] = []
     threads = torch.get_num_threads()

@@ -18,7 +18,7 @@ import soundfile as sf
 from scipy import ndimage, sparse
 
 from mmfuse.errors import ConfigError, MediaError
-from mmfuse.preprocess.params import AudioParams
+from mmfuse.params.preprocess import AudioParams
 from mmfuse.preprocess.payload import read_payload
 
 _TINY = 1e-12

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mmfuse.preprocess.params import DedupParams
+from mmfuse.params.preprocess import DedupParams
 
 RULES = (
     "A duplicate record duplicates another record's whole content: the same modalities present, "

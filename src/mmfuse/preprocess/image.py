@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from mmfuse.errors import MediaError
-from mmfuse.preprocess.params import ImageParams
+from mmfuse.params.preprocess import ImageParams
 from mmfuse.preprocess.payload import read_payload
 
 ACCEPTED_FORMATS = ("PNG", "JPEG")

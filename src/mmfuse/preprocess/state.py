@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from mmfuse.data.manifest import MODALITIES
-from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.modality import MODALITIES
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.text import Vocabulary
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from mmfuse.errors import ConfigError, MediaError
-from mmfuse.preprocess.params import TextParams
+from mmfuse.params.preprocess import TextParams
 
 PAD, UNK = "<pad>", "<unk>"
 _DROPPED_CATEGORIES = ("P", "S", "C", "Z")  # punctuation, symbols, control/format, separators

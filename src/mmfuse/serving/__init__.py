@@ -1,7 +1,7 @@
 """Serving: the BentoML service for the champion, and the inference log it writes.
 
-`serve(host, port)` is what `mmfuse serve` runs. Nothing heavy is imported here:
-config.py imports `mmfuse.serving.params`, and that must not pull in BentoML or torch.
+`serve(host, port)` is what `mmfuse serve` runs. Nothing heavy is imported here, so the CLI
+starts fast; BentoML and torch load only when serving starts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def serve(host: str, port: int) -> None:
     log location (data/inference/log.sqlite) are relative to the working directory.
     Raises RegistryError when the model store holds no champion yet.
     """
-    from mmfuse import registry
+    from mmfuse.inference import registry
 
     if registry.champion() is None:
         raise registry.RegistryError(

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from mmfuse.registry import MODEL_NAME
+from mmfuse.inference.registry import MODEL_NAME
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
 from mmfuse.serving.http import (
@@ -54,9 +54,9 @@ from mmfuse.serving.http import (
     require_media_type,
     validation_problems,
 )
-from mmfuse.serving.inference_log import InferenceLog, LogRecord, log_path
-from mmfuse.serving.params import load_serve_params
-from mmfuse.serving.predictor import InputProblem, PreparedSample, Prediction, Predictor, RawSample
+from mmfuse.inference.log import InferenceLog, LogRecord, log_path
+from mmfuse.params import load_serve_params
+from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 
 SERVE = load_serve_params()
 PROTECTED = frozenset({"/predict", "/predict_batch", "/feedback"})

@@ -23,15 +23,15 @@ from great_expectations.data_context.types.base import (
 )
 from rich.console import Console
 
-from mmfuse.config import ValidateParams
-from mmfuse.data.manifest import MODALITIES, read_manifest
+from mmfuse.params.validate import ValidateParams
+from mmfuse.data.manifest import read_manifest
+from mmfuse.modality import MODALITIES
 from mmfuse.errors import ValidationFailed
 from mmfuse.io import atomic_dir, write_json
 from mmfuse.validation.facts import collect_facts
 from mmfuse.validation.suites import SUITES, Check, build_checks, validation_table
 
 DOCS_SITE = "mmfuse"
-DOCS_FOLDER = "data_docs"
 
 
 def _context(docs_dir: Path) -> EphemeralDataContext:
@@ -156,16 +156,16 @@ def _summary(manifest: pd.DataFrame, entries: list[dict[str, Any]], docs_index: 
     }
 
 
-def run_validation(manifest_path: Path, params: ValidateParams, reports_dir: Path, summary_path: Path) -> dict:
+def run_validation(manifest_path: Path, params: ValidateParams, docs_dir: Path, summary_path: Path) -> dict:
     """Validate a dataset (the manifest's folder is its root); return the summary written to ``summary_path``.
 
-    Data Docs are rebuilt from scratch under ``reports_dir/data_docs`` (built aside, then
+    Data Docs are rebuilt from scratch in ``docs_dir`` (built aside, then
     swapped in, so old runs never pile up and a crash leaves the previous docs intact).
     Failed warnings are printed; success is left to the caller to announce. Raises
     ValidationFailed, after writing both outputs, when any critical expectation fails.
     """
     manifest_path = Path(manifest_path)
-    docs_dir = Path(reports_dir) / DOCS_FOLDER
+    docs_dir = Path(docs_dir)
     console = Console(stderr=True)
     manifest = read_manifest(manifest_path)
     facts = collect_facts(manifest, manifest_path.parent, params.audio_silence_dbfs, console=console)

@@ -19,8 +19,9 @@ import great_expectations as gx
 import pandas as pd
 from great_expectations.expectations import Expectation
 
-from mmfuse.config import ValidateParams
-from mmfuse.data.manifest import MODALITIES, REQUIRED_COLUMNS, SPLITS, row_flags, unsafe_path_reason
+from mmfuse.params.validate import ValidateParams
+from mmfuse.data.manifest import REQUIRED_COLUMNS, SPLITS, row_flags, unsafe_path_reason
+from mmfuse.modality import MODALITIES
 
 SUITES = ("manifest", "media", "leakage")
 IMAGE_MODES = ("L", "RGB", "RGBA", "P")

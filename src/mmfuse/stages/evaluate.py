@@ -1,6 +1,6 @@
 """Stage 5, evaluate: the fusion model and every dedicated baseline on the test split.
 
-Metrics per model, every modality subset (via evaluate_subsets), calibration with a
+Metrics per model, every modality subset (evaluation.subsets, on the models and split loaded once here), calibration with a
 temperature fitted on val, noise-robustness curves from the raw test media, per-speaker
 results, complexity, and a self-contained report. Everything is computed first and
 written last, one atomic file at a time, so a failure leaves the previous outputs intact.
@@ -20,41 +20,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from scipy.special import softmax
 
-from mmfuse.evaluate_subsets import evaluate_subsets
+from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.evaluation import complexity
-from mmfuse.evaluation.calibration import calibrate, expected_calibration_error
+from mmfuse.evaluation.calibration import calibrate
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
 from mmfuse.evaluation.metrics import classification_metrics, confusion_rows
-from mmfuse.evaluation.params import EvaluateParams
+from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.evaluation.predict import FUSED, REFERENCE, accuracy, late_fusion_logits, model_logits, scored_rows
 from mmfuse.evaluation.report import figures, render_html, render_markdown
 from mmfuse.evaluation.robustness import robustness_curves, robustness_rows
 from mmfuse.io import atomic_file, write_json
-from mmfuse.models.artifact import WEIGHTS, load_model
-from mmfuse.models.classifier import MultimodalClassifier, nonempty_subsets, subset_name
+from mmfuse.models.artifact import WEIGHTS
 from mmfuse.models.data import load_split
-from mmfuse.models.params import MODALITIES
-from mmfuse.models.scoring import subset_scores
+from mmfuse.modality import MODALITIES
 from mmfuse.preprocess.state import PreprocessState
-from mmfuse.train import deterministic
-
-__all__ = ["run_evaluation", "score_artifact"]
+from mmfuse.models.determinism import deterministic
+from mmfuse.params import load_params
+from mmfuse.stages import console, stage_cli
+from mmfuse.data.manifest import dataset_manifest
 
 SPLIT = "test"
-
-
-def _load_models(models_dir: Path) -> tuple[dict[str, MultimodalClassifier], dict[str, Any]]:
-    """{FUSED: candidate, <subset>: dedicated baseline, ...} in subset order, and the candidate's config."""
-    fused, config = load_model(models_dir / "candidate")
-    models = {FUSED: fused}
-    for subset in nonempty_subsets(MODALITIES)[:-1]:
-        models[subset_name(subset)] = load_model(models_dir / "baselines" / subset_name(subset))[0]
-    return models, config
 
 
 def _speakers(
@@ -136,28 +126,29 @@ def _progress() -> Progress:
     )
 
 
-def run_evaluation(
-    processed_dir: Path,
+def run(
+    *,
+    processed: Path,
     raw_manifest: Path,
-    models_dir: Path,
+    models: Path,
+    reports: Path,
+    plots: Path,
+    metrics: Path,
+    calibration: Path,
+    train_metrics: Sequence[Path] = (),
     params: EvaluateParams,
-    reports_dir: Path,
-    plots_dir: Path,
-    metrics_path: Path,
-    calibration_path: Path,
-    train_metrics_paths: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Evaluate models_dir/candidate and models_dir/baselines/* on the test split; returns the metrics.
+    """Evaluate models/candidate and models/baselines/* on the test split; returns the metrics.
 
-    Writes plots_dir/{confusion,robustness,reliability,subsets}.csv, `metrics_path`,
-    `calibration_path` ({"temperature", "ece_before", "ece_after", "weights_sha256"}: the
-    temperature serving divides the candidate's logits by) and reports_dir/{index.html,
-    summary.md, details.json, complexity.json}. `raw_manifest` is the dataset's manifest:
-    the robustness curves re-preprocess its raw test media. `train_metrics_paths` (the train
-    stages' metrics files) supply training times; models found in none are reported as unknown.
+    Writes plots/{confusion,robustness,reliability,subsets}.csv, `metrics`, `calibration`
+    ({"temperature", "ece_before", "ece_after", "weights_sha256"}: the temperature serving
+    divides the candidate's logits by) and reports/{index.html, summary.md, details.json,
+    complexity.json}. `raw_manifest` is the dataset's manifest: the robustness curves
+    re-preprocess its raw test media. `train_metrics` (the train stages' metrics files)
+    supply training times; models found in none are reported as unknown.
     """
-    processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed_dir, models_dir, reports_dir, plots_dir))
-    models, config = _load_models(models_dir)
+    processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed, models, reports, plots))
+    models, config = load_models(models_dir)
     test = load_split(processed_dir, SPLIT)
     tensors, labels, mask = test.tensors, test.tensors["label"], test.tensors["mask"]
     manifest_rows = split_rows(raw_manifest, test.sample_ids)
@@ -171,7 +162,7 @@ def run_evaluation(
         deterministic(params.threads),
     ):
         task = progress.add_task("subsets", total=5 + len(models) + levels)
-        subsets = evaluate_subsets(processed_dir, models_dir, SPLIT)
+        subsets = evaluate_subsets(models, test)
         progress.update(task, advance=1, description="models")
         names: list[str] = list(config["labels"])
         logits, rows = {}, {}
@@ -204,7 +195,7 @@ def run_evaluation(
         timed = {name: rows[name].nonzero().squeeze(1)[: params.latency_batch] for name in models}
         measured = complexity.measure(
             models, {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
-            params.latency_batch, params.latency_repeats, train_metrics_paths,
+            params.latency_batch, params.latency_repeats, train_metrics,
         )  # fmt: skip
         results: dict[str, Any] = {
             "split": SPLIT,
@@ -230,12 +221,12 @@ def run_evaluation(
         progress.update(task, advance=1, description="report")
         page = render_html(results, measured, figures(results))
         progress.advance(task)
-    metrics = _metrics(results)
+    summary = _metrics(results)
     confusion = confusion_rows(labels[fused_test].numpy(), logits[FUSED].argmax(dim=1)[fused_test].numpy(), names)
     _write_plots(plots_dir, results, confusion)
-    write_json(Path(metrics_path), metrics)
+    write_json(Path(metrics), summary)
     write_json(
-        Path(calibration_path),
+        Path(calibration),
         {
             "temperature": calibration["temperature"],
             "ece_before": calibration["ece_before"],
@@ -249,30 +240,28 @@ def run_evaluation(
         handle.write(render_markdown(results))
     with atomic_file(reports_dir / "index.html") as handle:
         handle.write(page)
-    return metrics
+    return summary
 
 
-def score_artifact(
-    artifact_dir: Path,
-    processed_dir: Path,
-    split: str = "test",
-    temperature: float | None = None,
-    params: EvaluateParams = EvaluateParams(),
-) -> dict[str, Any]:
-    """{"accuracy": %, "subsets": {name: %}, "ece": float} of one artifact on one split.
+def main(
+    processed: Path = typer.Option(..., help="The processed splits."),
+    raw: Path = typer.Option(..., help="The ingested datasets: the robustness curves re-preprocess the raw test media."),
+    models: Path = typer.Option(..., help="The models folder (candidate/ and baselines/)."),
+    reports: Path = typer.Option(..., help="Where the HTML and Markdown report go."),
+    plots: Path = typer.Option(..., help="Where the DVC plot files go."),
+    metrics: Path = typer.Option(..., help="Where the DVC metrics file goes."),
+    calibration: Path = typer.Option(..., help="Where the fitted temperature goes (calibration.json)."),
+    train_metrics: list[Path] = typer.Option([], help="The train stages' metrics files (training times); repeatable."),
+) -> None:
+    """Stage 5: test metrics, every modality subset, robustness, calibration, complexity, HTML report."""
+    params = load_params()
+    run(
+        processed=processed, raw_manifest=dataset_manifest(params.data, raw), models=models, reports=reports,
+        plots=plots, metrics=metrics, calibration=calibration, train_metrics=train_metrics, params=params.evaluate,
+    )  # fmt: skip
+    console.print(f"[green]evaluated[/]: report in {Path(reports) / 'index.html'}")
 
-    For the promote stage: the challenger and the champion are re-scored by the same code
-    on the same data. `temperature` (the artifact's calibration.json) scales the logits
-    before the ECE, as serving does; accuracies do not depend on it.
-    """
-    model, _ = load_model(Path(artifact_dir))
-    data = load_split(processed_dir, split).with_any(model.columns)
-    with deterministic(params.threads):
-        subsets = subset_scores(model, data, params.batch_size)["subsets"]
-        logits = model_logits(model, data.tensors, params.batch_size).double().numpy()
-    probs = softmax(logits / (temperature or 1.0), axis=1)
-    return {
-        "accuracy": round(subsets[subset_name(model.spec.modalities)]["accuracy"], 4),
-        "subsets": {name: round(s["accuracy"], 4) for name, s in subsets.items()},
-        "ece": round(expected_calibration_error(probs, data.tensors["label"].numpy(), params.ece_bins), 6),
-    }
+
+if __name__ == "__main__":
+    stage_cli(main)
+

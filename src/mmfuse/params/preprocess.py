@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mmfuse.params_base import Section
+from mmfuse.params.base import Section
 
 
 DenoiseMethod = Literal["none", "median", "gaussian", "bilateral", "nlmeans"]

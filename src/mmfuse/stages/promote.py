@@ -1,4 +1,4 @@
-"""The promote stage: challenger vs champion on the same test data, through explicit gates.
+"""Stage 7, promote: challenger vs champion on the same test data, through explicit gates.
 
 Gates are a pure function of two score sets, so each one is testable on constructed
 numbers. Whatever the verdict, a decision record says what was compared, every gate's
@@ -15,9 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from mmfuse import registry
-from mmfuse.config import PromoteParams
+import typer
+
+from mmfuse.inference import registry
+from mmfuse.params.promote import PromoteParams
+from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.io import write_json
+from mmfuse.models.artifact import read_temperature
+from mmfuse.params import load_params
+from mmfuse.params.evaluate import EvaluateParams
+from mmfuse.stages import console, stage_cli
 
 Scores = dict[str, Any]  # {"accuracy": %, "subsets": {name: %}, "ece": float}
 Scorer = Callable[[Path], Scores]
@@ -78,45 +85,41 @@ def _changed_files(champion_dir: Path, candidate: Path, calibration_path: Path, 
     return {name for name, (ours, new) in pairs.items() if _file_digest(ours) != _file_digest(new)}
 
 
-def temperature_of(artifact_dir: Path, default_calibration: Path) -> float:
-    """A stored champion carries its own calibration; the challenger's comes from this run's evaluate stage."""
-    own = Path(artifact_dir) / "calibration.json"
-    source = own if own.exists() else Path(default_calibration)
-    return float(json.loads(source.read_text()).get("temperature", 1.0))
-
-
-def run_promotion(
+def run(
+    *,
     candidate: Path,
-    calibration_path: Path,
-    validation_summary: Path,
-    scorer: Scorer,
+    calibration: Path,
+    validation: Path,
+    decision: Path,
     params: PromoteParams,
-    decision_path: Path,
+    scorer: Scorer,
     reference: Path | None = None,
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer`, decide, and promote on success.
 
     The champion in the store carries what serving and monitoring need beside the weights:
-    its calibration and, when given, the drift reference profile built from it.
+    its calibration and, when given, the drift reference profile built from it. The
+    decision record goes to `decision` whatever the verdict.
     """
-    calibration = json.loads(Path(calibration_path).read_text())
-    validation_passed = bool(json.loads(Path(validation_summary).read_text()).get("success"))
+    candidate, calibration_path = Path(candidate), Path(calibration)
+    temperature = read_temperature(candidate, calibration_path)
+    validation_passed = bool(json.loads(Path(validation).read_text()).get("success"))
     challenger = scorer(candidate)
     current = registry.champion()
     changed = _changed_files(Path(current.path), candidate, calibration_path, reference) if current is not None else None
     same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
     champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
-    decision = decide(challenger, champion_scores, validation_passed, params)
-    decision["champion_tag"] = str(current.tag) if current is not None else None
+    record = decide(challenger, champion_scores, validation_passed, params)
+    record["champion_tag"] = str(current.tag) if current is not None else None
     if same_weights and not changed:
-        decision.update(verdict="keep", failed_gates=[], detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote")
-    elif same_weights and decision["verdict"] == "promote":
-        decision["detail"] = (
+        record.update(verdict="keep", failed_gates=[], detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote")
+    elif same_weights and record["verdict"] == "promote":
+        record["detail"] = (
             "the champion's weights with a new calibration or drift reference: promoted as a new version, "
             "so that serving and monitoring use them"
         )
-    if decision["verdict"] == "promote":
+    if record["verdict"] == "promote":
         with tempfile.TemporaryDirectory() as staging:
             artifact = Path(staging) / "artifact"
             shutil.copytree(candidate, artifact)
@@ -127,12 +130,47 @@ def run_promotion(
                 "accuracy": challenger["accuracy"],
                 "ece": challenger["ece"],
                 "subsets": challenger["subsets"],
-                "temperature": calibration.get("temperature", 1.0),
+                "temperature": temperature,
                 "git_commit": _git_commit(),
                 "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
                 "preprocessing": json.loads((candidate / "config.json").read_text()).get("preprocessing", {}).get("params", {}),
             }
-            decision["promoted_tag"] = registry.promote(artifact, metadata)
-    registry.log_decision({"action": "promote", **{k: decision[k] for k in ("verdict", "failed_gates", "champion_tag")}, "promoted_tag": decision.get("promoted_tag")})
-    write_json(Path(decision_path), decision)
-    return decision
+            record["promoted_tag"] = registry.promote(artifact, metadata)
+    registry.log_decision({"action": "promote", **{k: record[k] for k in ("verdict", "failed_gates", "champion_tag")}, "promoted_tag": record.get("promoted_tag")})
+    write_json(Path(decision), record)
+    return record
+
+
+def test_split_scorer(processed: Path, calibration: Path, params: EvaluateParams) -> Scorer:
+    """Scores an artifact on the processed test split, with its own temperature (this run's for the challenger)."""
+
+    def scorer(artifact: Path) -> Scores:
+        return score_artifact(artifact, processed, "test", read_temperature(artifact, calibration), params)
+
+    return scorer
+
+
+def main(
+    candidate: Path = typer.Option(..., help="The challenger artifact."),
+    processed: Path = typer.Option(..., help="The processed splits: both models are scored on its test split."),
+    calibration: Path = typer.Option(..., help="The challenger's calibration.json (the evaluate stage's)."),
+    validation: Path = typer.Option(..., help="The validate stage's summary: promotion requires it passed."),
+    reference: Path = typer.Option(..., help="The drift reference that travels with the champion."),
+    decision: Path = typer.Option(..., help="Where the decision record goes."),
+) -> None:
+    """Stage 7: challenger vs champion through the gates; the winner becomes the champion."""
+    params = load_params()
+    record = run(
+        candidate=candidate, calibration=calibration, validation=validation, decision=decision, params=params.promote,
+        scorer=test_split_scorer(processed, calibration, params.evaluate), reference=reference,
+    )  # fmt: skip
+    if record["verdict"] == "promote":
+        console.print(f"[green]promoted[/] {record['promoted_tag']}")
+    elif record["verdict"] == "keep":
+        console.print(f"[yellow]kept[/] {record['champion_tag']}: {record['detail']}")
+    else:
+        console.print(f"[yellow]champion kept[/] ({record['champion_tag']}): failed gate(s) {', '.join(record['failed_gates'])}")
+
+
+if __name__ == "__main__":
+    stage_cli(main)

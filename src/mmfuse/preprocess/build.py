@@ -1,4 +1,4 @@
-"""The `preprocess` stage: manifest -> deduplicated, normalised tensors per split.
+"""The preprocess stage's work: manifest -> deduplicated, normalised tensors per split.
 
 Flow: read and check the manifest; decode and featurise every record in a process
 pool (the per-record transforms are the very functions `preprocess_sample` uses);
@@ -24,13 +24,14 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.numpy import save_file
 
-from mmfuse.data.manifest import MODALITIES, SPLITS, read_manifest, resolve_media, unsafe_path_reason
+from mmfuse.data.manifest import SPLITS, read_manifest, resolve_media, unsafe_path_reason
+from mmfuse.modality import MODALITIES
 from mmfuse.errors import ManifestError, MediaError, MMFuseError
 from mmfuse.io import atomic_dir, write_json
 from mmfuse.preprocess.audio import clean_audio, decode_audio, fit_frames, log_mel
 from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
 from mmfuse.preprocess.image import decode_image, prepare_image
-from mmfuse.preprocess.params import PreprocessParams
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary, clean_text
 
@@ -213,7 +214,7 @@ def normalise_in_place(features: dict[str, Any], state: PreprocessState) -> None
     features["audio"][~features["present"][:, 1]] = 0.0
 
 
-def run(manifest_path: Path, out_dir: Path, params: PreprocessParams) -> dict[str, Any]:
+def build_processed(manifest_path: Path, out_dir: Path, params: PreprocessParams) -> dict[str, Any]:
     """Preprocess a whole dataset into out_dir (train/val/test.safetensors, meta.json,
     dedup_report.json); returns a summary (records per split, records removed)."""
     manifest_path = Path(manifest_path)

@@ -1,7 +1,7 @@
 """Typed `evaluate:` section of params.yaml: calibration bins, timing repeats and noise levels.
 
-Pydantic only (no torch): config.py mounts `EvaluateParams` under `Params.evaluate` and is
-imported by every CLI command. Unknown keys are refused so a typo fails loudly instead of
+Pydantic only (no torch): `mmfuse.params.Params` mounts `EvaluateParams` under `evaluate` and
+is imported by every CLI command. Unknown keys are refused so a typo fails loudly instead of
 silently evaluating at other noise levels.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from mmfuse.params_base import Section
+from mmfuse.params.base import Section
 
 
 class RobustnessParams(Section):

@@ -7,8 +7,6 @@ stored in the model artifact: the service has no transform of its own.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +14,12 @@ import torch
 from pydantic import BaseModel, Field
 
 from mmfuse.errors import MediaError, MMFuseError
-from mmfuse.models.artifact import load_model
-from mmfuse.models.params import MODALITIES
+from mmfuse.models.artifact import load_model, read_temperature
+from mmfuse.modality import MODALITIES
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
-from mmfuse.serving.inference_log import input_statistics
+from mmfuse.inference.log import input_statistics
 
-CALIBRATION = "calibration.json"
 
 
 class InputProblem(MMFuseError):
@@ -92,20 +89,6 @@ class Prediction(BaseModel):
     model_version: str
 
 
-def read_temperature(artifact_dir: Path) -> float:
-    """The calibration temperature stored beside the weights; 1 (no scaling) when there is none."""
-    path = Path(artifact_dir) / CALIBRATION
-    if not path.exists():
-        return 1.0
-    try:
-        temperature = float(json.loads(path.read_text())["temperature"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MMFuseError(f"{path}: expected {{\"temperature\": <positive number>}} ({exc}).") from exc
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise MMFuseError(f"{path}: temperature must be a positive finite number, got {temperature}.")
-    return temperature
-
-
 def _media_problem(exc: MediaError) -> InputProblem:
     """preprocess_sample names the modality first ("audio: ...")."""
     field, sep, message = str(exc).partition(": ")
@@ -123,12 +106,12 @@ def _size(source: bytes | Path | None) -> int | None:
 class Predictor:
     """A model artifact loaded for serving (eval mode, its preprocessing state, its calibration)."""
 
-    def __init__(self, artifact_dir: Path, version: str) -> None:
+    def __init__(self, artifact_dir: Path, version: str, calibration: Path | None = None) -> None:
         self.model, config = load_model(Path(artifact_dir))
         self.state = PreprocessState.from_dict(config["preprocessing"])
         self.labels: list[str] = [str(label) for label in config["labels"]]
         self.modalities: tuple[str, ...] = tuple(self.model.spec.modalities)
-        self.temperature = read_temperature(Path(artifact_dir))
+        self.temperature = read_temperature(Path(artifact_dir), calibration)
         self.version = version
 
     def prepare(self, sample: RawSample) -> PreparedSample:

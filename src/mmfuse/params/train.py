@@ -1,7 +1,6 @@
 """Typed `train:` section of params.yaml: architecture, optimisation and imbalance counter-measures.
 
-Kept separate from config.py so the models package owns its own knobs; config.py only
-mounts `TrainParams` under `Params.train`. Every section forbids unknown keys, so a typo
+`mmfuse.params.Params` mounts `TrainParams` under `train`. Every section forbids unknown keys, so a typo
 in params.yaml fails loudly instead of silently training a different model.
 """
 
@@ -11,9 +10,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mmfuse.params_base import Section
+from mmfuse.params.base import Section
 
-MODALITIES: tuple[str, ...] = ("image", "audio", "text")  # column order of the processed `mask`
 FUSIONS: tuple[str, ...] = ("concat", "late", "gated", "lmf")
 Fusion = Literal["concat", "late", "gated", "lmf"]
 

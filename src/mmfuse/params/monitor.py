@@ -1,19 +1,19 @@
 """The `monitor:` section of params.yaml: reference, drift thresholds, schedules.
 
-Kept beside the code that reads it (like the other stages' params) so config.py only names it.
+One module per section of params.yaml; `mmfuse.params.Params` mounts it under `monitor`.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from mmfuse.params.base import Section
 
 
-class MonitorParams(BaseModel):
+class MonitorParams(Section):
     """Every knob of the drift reference and the monitoring flow."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reference_split: Literal["train", "val", "test"] = "val"  # held out from training, so its scores are honest
     reference_path: str = "data/reference/reference.parquet"  # used when the champion carries no reference

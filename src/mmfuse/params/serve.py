@@ -7,13 +7,13 @@ exactly what the training pipeline would refuse. These are the limits of the HTT
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from mmfuse.params.base import Section
 
 
-class ServeParams(BaseModel):
+class ServeParams(Section):
     """How `mmfuse serve` runs the champion; read once when the service starts."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     workers: int = Field(1, ge=1)  # server processes; each loads the model and runs its own batcher
     threads: int = Field(8, ge=1)  # requests one worker handles at once (preprocessing runs on these threads)
@@ -27,16 +27,3 @@ class ServeParams(BaseModel):
     log_max_rows: int = Field(1_000_000, ge=1)  # inference log retention: the oldest rows go first
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the log writer; beyond it they are dropped
 
-
-def load_serve_params() -> ServeParams:
-    """The `serve:` section of ./params.yaml (a bento ships its copy); defaults where there is none.
-
-    Serving must also run where the pipeline's params.yaml is absent (a container built
-    from a bento without it), hence the fallback; a params.yaml that exists but is invalid
-    still fails loudly, naming the key.
-    """
-    from mmfuse.config import PARAMS_FILE, load_params
-
-    if not PARAMS_FILE.exists():
-        return ServeParams()
-    return load_params(PARAMS_FILE).serve

@@ -3,8 +3,9 @@
 `mmfuse orchestrate` is the one command that keeps the project running unattended: it
 reuses a Prefect API that already answers, or starts `prefect server start` (SQLite,
 PREFECT_HOME under the project, analytics off), then serves both deployments in this
-process until stopped. The flows are loaded from the project's flows/ files by entrypoint,
-so the runner executes the project's own code.
+process until stopped. The deployments name the flows by module path
+(`mmfuse.orchestration.training.training_flow`), so they run from an installed package
+as well as from a source tree.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from mmfuse.errors import MMFuseError
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-    from mmfuse.config import Params
+    from mmfuse.params import Params
 
 PREFECT_DIR = ".prefect"
-TRAINING_ENTRYPOINT = "flows/training.py:training_flow"
-MONITORING_ENTRYPOINT = "flows/monitoring.py:monitoring_flow"
 MONITORING_DEPLOYMENT = "hourly"
 NO_TELEMETRY = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true"}
 
@@ -93,23 +92,26 @@ def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> 
 
 def build_deployments(project: Path, params: "Params") -> list["RunnerDeployment"]:
     """The training deployment (cron `monitor.training_cron`) and the monitoring one (`monitor.monitoring_cron`)."""
-    from prefect.flows import load_flow_from_entrypoint
+    from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
+
+    from mmfuse.orchestration.monitoring import monitoring_flow
+    from mmfuse.orchestration.training import training_flow
 
     root = Path(project).resolve()
     monitor = params.monitor
-    training = load_flow_from_entrypoint(str(root / TRAINING_ENTRYPOINT), use_placeholder_flow=False)
-    monitoring = load_flow_from_entrypoint(str(root / MONITORING_ENTRYPOINT), use_placeholder_flow=False)
     return [
-        training.to_deployment(
+        training_flow.to_deployment(
             name=monitor.training_deployment, schedules=[Cron(monitor.training_cron, timezone=monitor.timezone)],
             parameters={"project": str(root)}, tags=["mmfuse", "training"],
             description="the DVC pipeline: nightly, and when monitoring sees drift",
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ),
-        monitoring.to_deployment(
+        monitoring_flow.to_deployment(
             name=MONITORING_DEPLOYMENT, schedules=[Cron(monitor.monitoring_cron, timezone=monitor.timezone)],
             parameters={"project": str(root)}, tags=["mmfuse", "monitoring"],
             description="validate and drift-check the logged traffic; trigger training on drift",
+            entrypoint_type=EntrypointType.MODULE_PATH,
         ),
     ]  # fmt: skip
 

@@ -1,0 +1,88 @@
+"""Run the DVC pipeline stage by stage, for orchestrators (Prefect) that want one task per stage.
+
+Everything goes through `dvc`, so DVC's caching and lineage hold whoever runs it: a stage
+whose inputs did not change is skipped and dvc.lock records what ran. Parameter
+overrides become a DVC experiment (`dvc exp run -S`), never a silent edit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmfuse.errors import MMFuseError
+from mmfuse.stages import FAILURE_RECORD_ENV
+
+class StageFailed(MMFuseError):
+    """A stage exited non-zero; `transient` says whether retrying may help."""
+
+    def __init__(self, stage: str, returncode: int, output: str, known: dict[str, str] | None = None) -> None:
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        super().__init__(f"stage {stage!r} failed (exit {returncode}):\n{tail}")
+        self.stage = stage
+        # A known failure (the stage's MMFuseError: bad data, bad params) will fail again;
+        # anything else (a kill, I/O, a full disk) may not.
+        self.known = known
+        self.transient = known is None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    ran: bool  # False when DVC found nothing changed and skipped it
+    output: str
+
+
+def stage_names(project: Path) -> list[str]:
+    """Stages in dvc.yaml order, which this project keeps topological."""
+    return list(yaml.safe_load((Path(project) / "dvc.yaml").read_text())["stages"])
+
+
+def _dvc(args: list[str], project: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    bin_dir = str(Path(sys.executable).parent)
+    full_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    return subprocess.run(["dvc", *args], cwd=project, env=full_env, capture_output=True, text=True)
+
+
+def _changed(stage: str, project: Path) -> bool:
+    """Whether `dvc status` (JSON) reports anything changed for this one stage."""
+    done = _dvc(["status", "--json", stage], project)
+    if done.returncode != 0:
+        raise StageFailed(stage, done.returncode, done.stdout + done.stderr)
+    return bool(json.loads(done.stdout or "{}"))
+
+
+def repro_stage(stage: str, project: Path) -> StageResult:
+    """`dvc repro --single-item <stage>`: runs it only if its deps, params or outs changed.
+
+    Whether it ran comes from `dvc status --json` just before; whether a failure is known
+    comes from the failure record the stage's command writes (mmfuse.stages.friendly).
+    """
+    ran = _changed(stage, project)
+    with tempfile.TemporaryDirectory() as scratch:
+        record = Path(scratch) / "failure.json"
+        done = _dvc(["repro", "--single-item", stage], project, env={FAILURE_RECORD_ENV: str(record)})
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise StageFailed(stage, done.returncode, output, json.loads(record.read_text()) if record.exists() else None)
+    return StageResult(stage, ran=ran, output=output)
+
+
+def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = None) -> str:
+    """Run the whole pipeline as a DVC experiment with `overrides` (dotted params keys)."""
+    args = ["exp", "run"] + (["--name", name] if name else [])
+    for key, value in sorted(overrides.items()):
+        args += ["--set-param", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+    done = _dvc(args, project)
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise StageFailed("exp run", done.returncode, output)
+    return output

@@ -1,0 +1,35 @@
+"""Prefect flow: one monitoring check of the logged traffic (the work is mmfuse.monitoring.check)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from mmfuse.params import load_params
+from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
+
+
+@task(task_run_name="check logged traffic")
+def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult:
+    params = load_params(Path(project) / "params.yaml").monitor
+    return run_check(Path(project), params, trigger or trigger_training(params.training_deployment), Path(log) if log else None)
+
+
+@flow(name="mmfuse-monitoring", log_prints=True)
+def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger | None = None) -> dict[str, Any]:
+    """Validate and drift-check the log since the last check; on entering drift, start training.
+
+    `trigger` replaces the default (run the training deployment) when called in-process.
+    """
+    result = check(str(Path(project).resolve()), log, trigger)
+    logger = get_run_logger()
+    logger.info("monitoring: %s over %d requests%s", result.status, result.records,
+                f", training run {result.triggered} started" if result.triggered else "")  # fmt: skip
+    if result.summary.get("trigger_error"):
+        logger.warning("retraining was not started: %s", result.summary["trigger_error"])
+    create_markdown_artifact(summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic")
+    return result.summary
+
