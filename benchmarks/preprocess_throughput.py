@@ -1,6 +1,6 @@
 """Samples per second of the preprocess stage over a full dataset, cold, on both cores.
 
-Cold: a fresh Python process imports mmfuse and runs `mmfuse.preprocess.stage.run`
+Cold: a fresh Python process imports mmfuse and runs `mmfuse.preprocess.build.build_processed`
 with the params.yaml settings (workers = both cores); the clock covers interpreter
 start, imports, decoding, featurising, dedup, fitting and writing. The load average
 and the CPU seconds used (the stage's process and its workers) are recorded too:
@@ -30,8 +30,8 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from mmfuse.params import load_params
-from mmfuse.preprocess.build import run
-print(json.dumps(run(Path(sys.argv[1]), Path(sys.argv[2]), load_params().preprocess)))
+from mmfuse.preprocess.build import build_processed
+print(json.dumps(build_processed(Path(sys.argv[1]), Path(sys.argv[2]), load_params().preprocess)))
 """
 
 

@@ -26,4 +26,18 @@ class ValidationFailed(MMFuseError):
 
 
 class MediaError(MMFuseError):
-    """A media file or payload cannot be decoded or is out of the accepted range."""
+    """A media file or payload cannot be decoded or is out of the accepted range.
+
+    `modality` ("image", "audio", "text") is the input at fault, so the service can blame
+    the right request field without parsing the message; None when the error is about no
+    single modality (e.g. a summary of many bad records). `str(exc)` still reads
+    "<modality>: <message>", the line the CLI and validation reports print.
+    """
+
+    def __init__(self, message: str, modality: str | None = None) -> None:
+        super().__init__(message, modality)  # both in args: the error pickles (worker processes) intact
+        self.message = message
+        self.modality = modality
+
+    def __str__(self) -> str:
+        return f"{self.modality}: {self.message}" if self.modality else self.message

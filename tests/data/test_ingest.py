@@ -7,12 +7,13 @@ import pytest
 from mmfuse.params.data import DataParams
 from mmfuse.data.manifest import read_manifest, resolve_media, row_flags
 from mmfuse.errors import ConfigError, ManifestError
-from mmfuse.stages.ingest import dataset_manifest, run_ingest
+from mmfuse.data.manifest import dataset_manifest
+from mmfuse.stages.ingest import run
 
 
 def test_own_dataset_is_copied_with_its_media(tiny_dataset, tmp_path):
     params = DataParams(dataset=str(tiny_dataset))
-    manifest = run_ingest(params, raw_root=tmp_path / "raw")
+    manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=params)
     assert manifest == dataset_manifest(params, tmp_path / "raw")
     frame = read_manifest(manifest)
     assert len(frame) == 30
@@ -27,7 +28,7 @@ def test_unsafe_rows_are_kept_for_validation_but_never_followed(tiny_dataset, tm
         handle.write("evil,0,train,../secret.png,,\n")
         handle.write(f"abs,0,train,{secret},,\n")
         handle.write("empty,0,train,,,\n")
-    manifest = run_ingest(DataParams(dataset=str(tiny_dataset)), raw_root=tmp_path / "raw")
+    manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tiny_dataset)))
     frame = read_manifest(manifest)
     flags = row_flags(frame).set_index(frame["sample_id"])
     assert not flags.loc["evil", "image_path_safe"] and not flags.loc["abs", "image_path_safe"]
@@ -47,7 +48,7 @@ def test_text_is_read_verbatim(tmp_path):
 
 def test_missing_manifest_and_columns_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="no such manifest"):
-        run_ingest(DataParams(dataset=str(tmp_path / "nope.csv")), raw_root=tmp_path / "raw")
+        run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tmp_path / "nope.csv")))
     bad = tmp_path / "m.csv"
     bad.write_text("sample_id,label\nx,1\n")
     with pytest.raises(ManifestError, match=r"lacks required column\(s\) \['split', 'image', 'audio', 'text'\]"):

@@ -59,7 +59,7 @@ class Dataset:
         return self.reports / "validation.json"
 
     def validate(self) -> dict:
-        return run_validation(self.manifest(), ValidateParams(), self.reports, self.summary_path)
+        return run_validation(self.manifest(), ValidateParams(), self.reports / "data_docs", self.summary_path)
 
     def fail(self) -> tuple[str, dict]:
         """Validate expecting a critical failure: the message and the summary written before raising."""

@@ -25,6 +25,8 @@ from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
 from mmfuse.monitoring.traffic import simulate_traffic
 from mmfuse.inference.log import read_log
+from mmfuse.orchestration.monitoring import monitoring_flow
+from mmfuse.orchestration.training import training_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 # The synthetic reference and traffic of the unit tests (one implementation for both levels).
@@ -33,9 +35,6 @@ synthetic = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = synthetic
 _spec.loader.exec_module(synthetic)
 
-sys.path.insert(0, str(ROOT / "flows"))
-from monitoring import monitoring_flow  # noqa: E402
-from training import training_flow  # noqa: E402
 
 MONITOR = {"min_records": 40, "min_feedback": 30, "pca_components": 4, "training_deployment": "drift-test"}
 

@@ -11,15 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfuse.stages.evaluate import run_evaluation, score_artifact
+from mmfuse.evaluation.scoring import score_artifact
+from mmfuse.stages.evaluate import run as run_evaluation
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.evaluation.predict import embeddings
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
 from mmfuse.params.train import TrainParams
 from mmfuse.params.preprocess import PreprocessParams
-from mmfuse.preprocess.build import run
-from mmfuse.training.jobs import run_training
+from mmfuse.preprocess.build import build_processed
+from train_helpers import run_training
 
 PARAMS = EvaluateParams(latency_batch=8, latency_repeats=2)
 STABLE = (
@@ -39,7 +40,7 @@ def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.
     frame["speaker"] = np.where(take % 2 == 0, "ann", "ben")
     frame.loc[take % 3 == 2, "text"] = ""
     frame.to_csv(manifest, index=False)
-    run(manifest, root / "processed", PreprocessParams(workers=1))
+    build_processed(manifest, root / "processed", PreprocessParams(workers=1))
     params = tiny_params.model_copy(update={"batch_size": 16, "epochs": 8})  # enough steps to beat chance clearly
     run_training(root / "processed", root / "models", params, root / "curves", root / "metrics")
     return root, manifest
@@ -48,9 +49,10 @@ def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.
 def _evaluate(project: tuple[Path, Path], out: Path) -> dict:
     root, manifest = project
     return run_evaluation(
-        root / "processed", manifest, root / "models", PARAMS, out / "reports", out / "plots",
-        out / "metrics" / "evaluate.json", out / "models" / "calibration.json",
-        [root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
+        processed=root / "processed", raw_manifest=manifest, models=root / "models", params=PARAMS,
+        reports=out / "reports", plots=out / "plots", metrics=out / "metrics" / "evaluate.json",
+        calibration=out / "models" / "calibration.json",
+        train_metrics=[root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
     )  # fmt: skip
 
 

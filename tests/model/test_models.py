@@ -10,7 +10,7 @@ from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, nonempty_s
 from mmfuse.models.encoders import UtteranceNorm
 from mmfuse.modality import MODALITIES
 from mmfuse.params.train import AugmentParams, FUSIONS
-from mmfuse.training.jobs import drop_modalities
+from mmfuse.training.losses import drop_modalities
 
 from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, VOCAB, make_split
 

@@ -14,11 +14,14 @@ from safetensors.torch import load_file
 
 from mmfuse.params import load_params
 from mmfuse.errors import ConfigError, MMFuseError
-from mmfuse.evaluation.subsets import evaluate_subsets
+from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.models.data import load_split
 from mmfuse.modality import MODALITIES
 from mmfuse.params.train import TrainParams
-from mmfuse.training.jobs import CHECKPOINT, load_model, run_training, train_model
+from mmfuse.models.artifact import load_model
+from mmfuse.training.checkpoints import CHECKPOINT
+from mmfuse.training.jobs import train_model
+from train_helpers import run_training
 
 ARTIFACT_FILES = ("model.safetensors", "config.json", "metrics.json")
 
@@ -170,7 +173,7 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
             assert (other / "models" / "baselines" / m / name).read_bytes() == (tmp_path / "models" / "baselines" / m / name).read_bytes()
         assert "fusion" not in load_model(other / "models" / "baselines" / m)[1]["train"]
 
-    report = evaluate_subsets(processed_dir, tmp_path / "models", "test")
+    report = evaluate_subsets(load_models(tmp_path / "models")[0], load_split(processed_dir, "test"))
     assert set(report["subsets"]) == {"image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text"}
     assert report["fused_accuracy"] == report["subsets"]["image+audio+text"]["fused"]
     gaps = [v["gap_points"] for k, v in report["subsets"].items() if k != "image+audio+text"]

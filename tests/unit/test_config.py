@@ -51,3 +51,21 @@ def test_dvc_rewrites_params_yaml_without_changing_a_line(tmp_path: Path) -> Non
     original, rewritten = (ROOT / "params.yaml").read_text().splitlines(), path.read_text().splitlines()
     changed = [(a, b) for a, b in zip(original, rewritten) if a != b]
     assert len(original) == len(rewritten) and len(changed) == 1 and "seed: 7" in changed[0][1]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda raw: raw.__setitem__("preproces", raw.pop("preprocess")), r"unknown section 'preproces'; known: data, validate, train, preprocess"),
+        (lambda raw: raw["train"]["arch"].__setitem__("embed_dimm", 8), r"unknown key 'train\.arch\.embed_dimm'; known: embed_dim, token_dim"),
+        (lambda raw: raw["serve"].__setitem__("worker", 2), r"unknown key 'serve\.worker'; known: workers, threads"),
+    ],
+)
+def test_an_unknown_section_or_key_fails_naming_it_and_the_known_ones(tmp_path: Path, edit, message: str) -> None:
+    """A misspelt section used to be ignored silently (the pipeline ran on the defaults)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_params(path)

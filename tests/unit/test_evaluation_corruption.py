@@ -22,7 +22,7 @@ from mmfuse.evaluation.corruption import (
 from mmfuse.params.evaluate import EvaluateParams, RobustnessParams
 from mmfuse.models.data import load_split
 from mmfuse.params.preprocess import PreprocessParams
-from mmfuse.preprocess.build import run
+from mmfuse.preprocess.build import build_processed
 from mmfuse.preprocess.state import PreprocessState
 
 BY_NAME = {c.name: c for c in CORRUPTIONS}
@@ -32,7 +32,7 @@ IDENTITY = {"image_noise": 0.0, "audio_snr": float("inf"), "text_typos": 0.0}
 @pytest.fixture(scope="module")
 def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RawTestSet, dict, PreprocessState]:
     out = tmp_path_factory.mktemp("processed-eval") / "avd"
-    run(tiny_dataset, out, PreprocessParams(workers=1))
+    build_processed(tiny_dataset, out, PreprocessParams(workers=1))
     test = load_split(out, "test")
     state = PreprocessState.from_dict(json.loads((out / "meta.json").read_text()))
     raw = RawTestSet.load(split_rows(tiny_dataset, test.sample_ids), tiny_dataset.parent, test.tensors["mask"], state)

@@ -116,10 +116,13 @@ def test_too_many_mel_bands_for_the_fft_is_a_config_error():
     ids=["empty", "zero-samples", "nan", "too-long", "rate", "garbage"],
 )
 def test_bad_audio_gives_a_specific_media_error(make_wav, payload, message):
-    with pytest.raises(MediaError, match=message):
+    with pytest.raises(MediaError, match=message) as raised:
         audio_features(payload(make_wav), AudioParams())
+    assert raised.value.modality == "audio"
+    assert str(raised.value) == f"audio: {raised.value.message}"
 
 
 def test_missing_audio_file_is_a_media_error(tmp_path):
-    with pytest.raises(MediaError, match="audio: cannot read"):
+    with pytest.raises(MediaError, match="audio: cannot read") as raised:
         audio_features(tmp_path / "nope.wav", AudioParams())
+    assert raised.value.modality == "audio"

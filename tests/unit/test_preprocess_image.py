@@ -65,8 +65,10 @@ def test_median_removes_salt_and_pepper_exactly(make_digit):
     ids=["1x1", "truncated", "empty", "not-an-image", "bmp", "too-large"],
 )
 def test_bad_images_give_a_specific_media_error(make_image, make_digit, payload, message):
-    with pytest.raises(MediaError, match=message):
+    with pytest.raises(MediaError, match=message) as raised:
         image_features(payload(make_image, make_digit), ImageParams())
+    assert raised.value.modality == "image"  # structured: the service blames the field without parsing
+    assert str(raised.value) == f"image: {raised.value.message}"
 
 
 def test_oversized_payload_is_refused_before_decoding(make_image, make_digit):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.sample import preprocess_sample
-from mmfuse.preprocess.build import media_path, run
+from mmfuse.preprocess.build import build_processed, media_path
 from mmfuse.preprocess.state import PreprocessState
 
 PARAMS = PreprocessParams(chunk_size=5)  # several chunks, so results are reassembled across workers
@@ -24,7 +24,7 @@ PARAMS = PreprocessParams(chunk_size=5)  # several chunks, so results are reasse
 @pytest.fixture(scope="module")
 def processed(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("processed") / "avd"
-    run(tiny_dataset, out, PARAMS)
+    build_processed(tiny_dataset, out, PARAMS)
     return out
 
 
@@ -101,13 +101,13 @@ def test_single_sample_path_gives_identical_tensors(processed, tiny_dataset):
 
 
 def test_two_runs_write_byte_identical_files(processed, tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "again", PARAMS)
+    build_processed(tiny_dataset, tmp_path / "again", PARAMS)
     for path in processed.iterdir():
         assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
 
 
 def test_tensors_do_not_depend_on_workers_or_chunking(processed, tiny_dataset, tmp_path):
-    run(tiny_dataset, tmp_path / "serial", PARAMS.model_copy(update={"workers": 1, "chunk_size": 100}))
+    build_processed(tiny_dataset, tmp_path / "serial", PARAMS.model_copy(update={"workers": 1, "chunk_size": 100}))
     for split in ("train", "val", "test"):
         name = f"{split}.safetensors"
         assert (tmp_path / "serial" / name).read_bytes() == (processed / name).read_bytes(), name
@@ -122,7 +122,7 @@ def test_a_bad_record_fails_the_stage_naming_it_and_leaves_no_output(tiny_datase
     bad = {"sample_id": "x-bad", "label": "2", "split": "train", "image": "bad.png", "audio": "", "text": ""}
     pd.concat([frame, pd.DataFrame([bad])]).to_csv(root / "manifest.csv", index=False)
     with pytest.raises(MediaError, match=r"(?s)1 record\(s\) cannot be preprocessed.*x-bad: image: "):
-        run(root / "manifest.csv", tmp_path / "out", PARAMS)
+        build_processed(root / "manifest.csv", tmp_path / "out", PARAMS)
     assert not (tmp_path / "out").exists()
 
 
@@ -131,7 +131,7 @@ def test_a_path_leaving_the_dataset_is_refused(tiny_dataset, tmp_path):
     frame.loc[0, "image"] = "../outside.png"
     frame.to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(MediaError, match="leaves the dataset root"):
-        run(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
+        build_processed(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
 
 
 def test_labels_unseen_in_train_are_refused(tiny_dataset, tmp_path):
@@ -140,7 +140,7 @@ def test_labels_unseen_in_train_are_refused(tiny_dataset, tmp_path):
     frame = pd.concat([frame, frame.assign(sample_id="y", split="test", label="9")])
     frame.to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(ManifestError, match=r"labels \['9'\] occur in val/test but not"):
-        run(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
+        build_processed(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
 
 
 def test_media_paths_resolve_like_the_manifest_contract(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -37,8 +39,17 @@ def test_utf8_bytes_are_accepted_and_other_bytes_refused():
 
 
 def test_a_100000_character_text_is_refused():
-    with pytest.raises(MediaError, match="text: 100000 characters is over the limit of 1000"):
+    with pytest.raises(MediaError, match="text: 100000 characters is over the limit of 1000") as raised:
         clean_text("a" * 100_000, TextParams())
+    assert raised.value.modality == "text" and raised.value.message == "100000 characters is over the limit of 1000."
+
+
+def test_a_media_error_keeps_its_modality_through_pickling():
+    """Errors cross process boundaries (worker pools); the modality must survive, and the printed line."""
+    error = pickle.loads(pickle.dumps(MediaError("the payload is empty (0 bytes).", modality="text")))
+    assert (error.modality, error.message, str(error)) == ("text", "the payload is empty (0 bytes).", "text: the payload is empty (0 bytes).")
+    summary = MediaError("2 record(s) cannot be preprocessed")  # about many records: no single modality
+    assert summary.modality is None and str(summary) == "2 record(s) cannot be preprocessed"
 
 
 def test_vocabulary_is_fitted_encodes_and_round_trips():

@@ -10,7 +10,7 @@ import pytest
 
 from mmfuse.inference import registry
 from mmfuse.params.promote import PromoteParams
-from mmfuse.stages.promote import decide, run_promotion
+from mmfuse.stages.promote import decide, run
 
 SUBSETS = ("image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text")
 PARAMS = PromoteParams(min_accuracy=85.0, margin=0.0, subset_tolerance=1.0, max_ece=0.05)
@@ -68,6 +68,13 @@ def stage_inputs(tmp_path):
     summary = tmp_path / "validation.json"
     summary.write_text('{"success": true}')
     return tmp_path, calibration, summary
+
+
+def run_promotion(candidate: Path, calibration: Path, validation: Path, scorer, params, decision: Path, reference: Path | None = None) -> dict:
+    return run(
+        candidate=candidate, calibration=calibration, validation=validation, decision=decision, params=params,
+        scorer=scorer, reference=reference,
+    )  # fmt: skip
 
 
 def _candidate(folder: Path, weights: bytes) -> Path:

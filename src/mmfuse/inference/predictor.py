@@ -90,10 +90,10 @@ class Prediction(BaseModel):
 
 
 def _media_problem(exc: MediaError) -> InputProblem:
-    """preprocess_sample names the modality first ("audio: ...")."""
-    field, sep, message = str(exc).partition(": ")
-    if sep and field in MODALITIES:
-        return InputProblem(field, message, "media")
+    """Blame the request field of the modality the error names (its `modality`), or the whole
+    body when it names none, so a client learns which upload to fix."""
+    if exc.modality is not None and exc.modality in MODALITIES:
+        return InputProblem(exc.modality, exc.message, "media")
     return InputProblem("body", str(exc), "media")
 
 

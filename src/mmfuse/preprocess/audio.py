@@ -36,19 +36,19 @@ def decode_audio(source: bytes | Path, params: AudioParams) -> tuple[np.ndarray,
             rate, frames = handle.samplerate, handle.frames
             if not params.min_input_rate <= rate <= params.max_input_rate:
                 raise MediaError(
-                    f"audio: sample rate {rate} Hz is outside the accepted "
-                    f"{params.min_input_rate}-{params.max_input_rate} Hz."
+                    f"sample rate {rate} Hz is outside the accepted {params.min_input_rate}-{params.max_input_rate} Hz.",
+                    modality="audio",
                 )
             if frames > params.max_seconds * rate:
-                raise MediaError(f"audio: {frames / rate:.1f} s is longer than the limit of {params.max_seconds} s.")
+                raise MediaError(f"{frames / rate:.1f} s is longer than the limit of {params.max_seconds} s.", modality="audio")
             samples = handle.read(dtype="float32", always_2d=True)
     except (RuntimeError, ValueError) as exc:  # sf.LibsndfileError is a RuntimeError
-        raise MediaError(f"audio: the bytes are not a readable WAV file ({exc}).") from exc
+        raise MediaError(f"the bytes are not a readable WAV file ({exc}).", modality="audio") from exc
     if samples.shape[0] == 0:
-        raise MediaError("audio: the file holds 0 samples.")
+        raise MediaError("the file holds 0 samples.", modality="audio")
     bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:
-        raise MediaError(f"audio: {bad} of {samples.size} samples are NaN or infinite.")
+        raise MediaError(f"{bad} of {samples.size} samples are NaN or infinite.", modality="audio")
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
     return np.ascontiguousarray(mono, dtype=np.float32), rate
 

@@ -30,20 +30,20 @@ def decode_image(source: bytes | Path, params: ImageParams) -> np.ndarray:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise MediaError("image: the bytes are not a decodable PNG or JPEG image.") from exc
+        raise MediaError("the bytes are not a decodable PNG or JPEG image.", modality="image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"image: the image header is truncated or corrupt ({exc}).") from exc
+        raise MediaError(f"the image header is truncated or corrupt ({exc}).", modality="image") from exc
     if img.format not in ACCEPTED_FORMATS:
-        raise MediaError(f"image: format {img.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}.")
+        raise MediaError(f"format {img.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}.", modality="image")
     width, height = img.size
     if min(width, height) < params.min_side:
-        raise MediaError(f"image: {width}x{height} pixels is too small; each side must be >= {params.min_side}.")
+        raise MediaError(f"{width}x{height} pixels is too small; each side must be >= {params.min_side}.", modality="image")
     if max(width, height) > params.max_side:
-        raise MediaError(f"image: {width}x{height} pixels is too large; each side must be <= {params.max_side}.")
+        raise MediaError(f"{width}x{height} pixels is too large; each side must be <= {params.max_side}.", modality="image")
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
-        raise MediaError(f"image: the {img.format} data is truncated or corrupt ({exc}).") from exc
+        raise MediaError(f"the {img.format} data is truncated or corrupt ({exc}).", modality="image") from exc
     if "exif" in img.info:  # camera JPEGs store their rotation as a tag
         ImageOps.exif_transpose(img, in_place=True)
     if img.mode in _SIXTEEN_BIT_MODES:

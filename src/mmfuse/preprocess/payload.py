@@ -16,12 +16,12 @@ def read_payload(source: bytes | Path, modality: str, max_bytes: int) -> bytes:
         try:
             size = path.stat().st_size
         except OSError as exc:
-            raise MediaError(f"{modality}: cannot read {path}: {exc.strerror or exc}.") from exc
+            raise MediaError(f"cannot read {path}: {exc.strerror or exc}.", modality=modality) from exc
         if size > max_bytes:
-            raise MediaError(f"{modality}: {path} is {size} bytes, over the limit of {max_bytes}.")
+            raise MediaError(f"{path} is {size} bytes, over the limit of {max_bytes}.", modality=modality)
         data = path.read_bytes()
     if not data:
-        raise MediaError(f"{modality}: the payload is empty (0 bytes).")
+        raise MediaError("the payload is empty (0 bytes).", modality=modality)
     if len(data) > max_bytes:
-        raise MediaError(f"{modality}: the payload is {len(data)} bytes, over the limit of {max_bytes}.")
+        raise MediaError(f"the payload is {len(data)} bytes, over the limit of {max_bytes}.", modality=modality)
     return data

@@ -29,10 +29,11 @@ def decode_text(text: str | bytes, params: TextParams) -> str:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MediaError(
-                f"text: the bytes are not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})."
+                f"the bytes are not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start}).",
+                modality="text",
             ) from exc
     if len(text) > params.max_chars:
-        raise MediaError(f"text: {len(text)} characters is over the limit of {params.max_chars}.")
+        raise MediaError(f"{len(text)} characters is over the limit of {params.max_chars}.", modality="text")
     return text
 
 

@@ -148,12 +148,13 @@ def run(
     supply training times; models found in none are reported as unknown.
     """
     processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed, models, reports, plots))
+    metrics_path, calibration_path = Path(metrics), Path(calibration)
     models, config = load_models(models_dir)
     test = load_split(processed_dir, SPLIT)
     tensors, labels, mask = test.tensors, test.tensors["label"], test.tensors["mask"]
     manifest_rows = split_rows(raw_manifest, test.sample_ids)
     state = PreprocessState.from_dict(config["preprocessing"])  # the artifact's preprocessing, as served
-    Console(stderr=True).print("evaluate: decoding the raw test media for the robustness curves")
+    console.print("evaluate: decoding the raw test media for the robustness curves")
     raw = RawTestSet.load(manifest_rows, Path(raw_manifest).parent, mask, state)
     levels = sum(len(c.levels(params.robustness)) for c in CORRUPTIONS)
     with (
@@ -224,9 +225,9 @@ def run(
     summary = _metrics(results)
     confusion = confusion_rows(labels[fused_test].numpy(), logits[FUSED].argmax(dim=1)[fused_test].numpy(), names)
     _write_plots(plots_dir, results, confusion)
-    write_json(Path(metrics), summary)
+    write_json(metrics_path, summary)
     write_json(
-        Path(calibration),
+        calibration_path,
         {
             "temperature": calibration["temperature"],
             "ece_before": calibration["ece_before"],
