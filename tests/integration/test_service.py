@@ -214,6 +214,17 @@ def test_each_prediction_is_logged_once_with_its_features(tmp_path):
     assert row["latency_ms"] > 0
 
 
+def test_two_apps_in_one_process_each_answer_with_their_own_instance(service, tmp_path):
+    """BentoML's current service is process-wide; each app must still use the instance its own start-up made."""
+    other_log = tmp_path / "other.sqlite"
+    with running(other_log) as other:
+        theirs = predict(other, text="one").json()["request_id"]
+        mine = predict(service.client, text="one").json()["request_id"]
+    logged = set(read_log(other_log)["request_id"])
+    assert theirs in logged and mine not in logged
+    assert predict(service.client, text="one").status_code == 200  # the other app's shutdown closed only its own
+
+
 def test_feedback_is_stored_beside_the_request(service):
     body = predict(service.client, text="two").json()
     response = service.client.post("/feedback", json={"request_id": body["request_id"], "label": "two"})
@@ -251,13 +262,17 @@ def test_health_openapi_and_demo_are_served(service):
     spec = service.client.get("/docs.json").json()
     assert {"/predict", "/predict_batch", "/feedback"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
-    docs = service.client.get("/")
-    assert docs.status_code == 200 and "swagger-ui" in docs.text
-    assert "googletagmanager" not in docs.text, "the OpenAPI page must not phone home"
-    assert service.client.get("/static_content/swagger-ui.css").status_code == 200
+    for path in ("/docs", "/"):  # our reference page, in place of BentoML's Swagger UI page
+        docs = service.client.get(path)
+        assert docs.status_code == 200 and "text/html" in docs.headers["content-type"]
+        assert all(f"<code>{route}</code>" in docs.text for route in ("/predict", "/predict_batch", "/feedback"))
+        assert 'href="docs.json"' in docs.text and "<script" not in docs.text
+        assert "googletagmanager" not in docs.text, "the OpenAPI page must not phone home"
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs.text), "the docs page must not load from elsewhere"
     page = service.client.get("/demo/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text), "the demo page must not load from a CDN"
+    assert service.client.get("/demo", follow_redirects=False).headers["location"].endswith("/demo/")
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,9 @@ def predict(server: SimpleNamespace, headers: dict[str, str] | None = AUTH, **fi
 
 
 def test_health_metrics_and_docs_are_open(server):
-    for path in ("/livez", "/readyz", "/docs.json", "/", "/demo/"):
+    for path in ("/livez", "/readyz", "/docs.json", "/", "/docs", "/demo/"):
         assert httpx.get(url(server, path)).status_code == 200, path
+    assert "googletagmanager" not in httpx.get(url(server, "/")).text  # ours, not BentoML's index page
     assert predict(server, image=True, text="one").status_code == 200
     metrics = httpx.get(url(server, "/metrics")).text
     assert "bentoml_service_request_total" in metrics or "bentoml_service_request_duration_seconds" in metrics

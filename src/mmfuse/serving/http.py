@@ -1,20 +1,16 @@
 """The HTTP edge of the service: strict request parsing, one error shape, the body-size guard.
 
-BentoML 1.4's default request parsing has traps for a public endpoint, which the
-service's input models avoid by parsing requests with the functions here:
-- a multipart string where a file is expected is fetched as a URL (server-side request
-  forgery), and a failed fetch is a 500;
-- every non-file multipart field is JSON-decoded, so the text "5" arrives as the int 5
-  (a 400 for a valid transcript) and "null" as None;
-- a malformed multipart body raises Starlette's HTTPException, which BentoML's endpoint
-  wrapper turns into a 500;
-- a 4xx BentoMLException is rendered as a JSON *list* (`[{"error": ...}]`), a
-  ValidationError as a 400 whose message names no field, each with a logged traceback.
-So a parser never raises: it records why it refused the request (`reject`) and hands
-BentoML an empty input; the endpoint's first step returns that refusal (`rejection`).
-Every client error, parsing or semantic, is then one `error_response`:
-`{"error": "<field>: <problem>", "detail": [{"loc": [<field>, ...], "msg": ..., "type": ...}]}`
-with the status that fits (400, 401, 404, 413, 415, 422).
+The API (serving/api.py) reads every request body with the functions here, and nothing
+else, because a framework's form and JSON handling has traps for a public endpoint
+(BentoML 1.4's, for one: a multipart string where a file is expected is fetched as a URL;
+every non-file field is JSON-decoded, so the text "5" arrives as the int 5; a malformed
+multipart body or a validation error becomes a 500, or a 400 naming no field). Here:
+- bodies are read with a size cap while they stream (`read_body`), whatever the headers say;
+- multipart parts stay raw bytes (`parse_multipart`), text is taken verbatim (`form_text`);
+- JSON is validated strictly against a pydantic model (`read_json`), unknown keys refused;
+- any refusal is a `RequestRejected`, which the API answers with one `error_response`:
+  `{"error": "<field>: <problem>", "detail": [{"loc": [<field>, ...], "msg": ..., "type": ...}]}`
+  with the status that fits (400, 401, 404, 413, 415, 422), never a 500.
 """
 
 from __future__ import annotations
@@ -22,10 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
@@ -33,6 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -54,11 +51,13 @@ def error_body(problems: Sequence[Problem]) -> dict[str, Any]:
 
 
 def error_response(status: int, problems: Sequence[Problem], headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one shape of every client error the service sends (the API, auth and the size guard)."""
     return JSONResponse(error_body(problems), status_code=status, headers=headers)
 
 
 class RequestRejected(Exception):
-    """Raised while parsing a request; caught by the input model and turned into `reject`."""
+    """Why a request is refused; raised anywhere while it is handled, answered by the API's one
+    exception handler with `error_response(status, problems)`."""
 
     def __init__(self, status: int, problems: Sequence[Problem]) -> None:
         super().__init__(error_body(problems)["error"])
@@ -71,25 +70,8 @@ def validation_problems(exc: ValidationError) -> list[Problem]:
     return [Problem(tuple(err["loc"]) or ("body",), err["msg"], err["type"]) for err in exc.errors(include_input=False)]
 
 
-_REJECTION = "mmfuse_rejection"
-
-
-def reject(request: Request, rejected: RequestRejected) -> None:
-    """Remember why the request was refused; the endpoint answers with it (`rejection`).
-
-    Stored in the ASGI scope's state, which every Request object of this request shares
-    (BentoML's context holds a different Request object than the parser gets).
-    """
-    setattr(request.state, _REJECTION, rejected)
-
-
-def rejection(request: Request) -> JSONResponse | None:
-    """The error response for a request its parser refused, or None when it parsed."""
-    rejected: RequestRejected | None = getattr(request.state, _REJECTION, None)
-    return None if rejected is None else error_response(rejected.status, rejected.problems)
-
-
 def media_type(request: Request) -> str:
+    """The Content-Type without its parameters, lower-cased ("" when there is none)."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
@@ -185,6 +167,28 @@ def parse_urlencoded(body: bytes) -> list[Part]:
     except UnicodeDecodeError as exc:
         raise ValueError("the form body is not valid URL-encoded UTF-8.") from exc
     return [Part(name=name, data=bytearray(value.encode("utf-8"))) for name, value in pairs]
+
+
+async def read_form(request: Request, limit: int, hint: str) -> list[Part]:
+    """A multipart/form-data or URL-encoded form body as parts; 415 for another media type,
+    413 over `limit` bytes, 400 (naming the body) when it does not parse."""
+    kind = require_media_type(request, ("multipart/form-data", "application/x-www-form-urlencoded"), hint)
+    body = await read_body(request, limit)
+    try:
+        return parse_multipart(body, request.headers["content-type"]) if kind == "multipart/form-data" else parse_urlencoded(body)
+    except ValueError as exc:
+        raise RequestRejected(400, [Problem(("body",), str(exc), "malformed")]) from exc
+
+
+async def read_json(request: Request, model: type[M], limit: int) -> M:
+    """A JSON body validated strictly as `model`: 415 for another media type, 413 over `limit`
+    bytes, 400 naming every bad field (an empty body is `{}`, so the missing fields are named)."""
+    require_media_type(request, ("application/json",), "application/json")
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise RequestRejected(400, validation_problems(exc)) from exc
 
 
 def form_text(value: bytes, name: str) -> str:

@@ -1,11 +1,15 @@
 """The BentoML service: serves the champion from the model store.
 
-Endpoints (request and response models below; OpenAPI at /docs.json, Swagger UI at /):
+Endpoints (the HTTP API is serving/api.py, mounted here with `bentoml.asgi_app`; its
+reference at /docs, its OpenAPI document at /docs.json):
 - POST /predict        multipart/form-data `image` (file), `audio` (file), `text`; any non-empty subset
 - POST /predict_batch  JSON {"samples": [{"image": base64, "audio": base64, "text": str}, ...]}
 - POST /feedback       JSON {"request_id": ..., "label": ...}: the true label of an earlier prediction
 - GET  /demo/          a page to try the model in a browser
 - BentoML's /livez, /readyz, /metrics
+
+This class owns what lives as long as a worker process: the model, the adaptive batcher,
+the inference log, the thread pool; the API calls `classify` and `record_feedback` on it.
 
 Run it with `mmfuse serve` (or `bentoml serve mmfuse.serving.service:MMFuse`) from the
 project root: params.yaml's `serve:` section configures it, the inference log goes to
@@ -18,184 +22,26 @@ a restart (or a rebuilt bento), so one server process never mixes two models.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Any
 
+import anyio
 import bentoml
 import torch
-from _bentoml_sdk.io_models import IODescriptor
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
-from pydantic_core import PydanticCustomError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
-from starlette.routing import Route
 
+from mmfuse.inference.log import InferenceLog, LogRecord, log_path
+from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
+from mmfuse.serving.api import PROTECTED, SERVE, FeedbackResponse, ServiceBinding, app
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
-from mmfuse.serving.http import (
-    BodySizeLimit,
-    Problem,
-    RequestRejected,
-    error_response,
-    form_text,
-    parse_multipart,
-    parse_urlencoded,
-    read_body,
-    reject,
-    rejection,
-    require_media_type,
-    validation_problems,
-)
-from mmfuse.inference.log import InferenceLog, LogRecord, log_path
-from mmfuse.params import load_serve_params
-from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
+from mmfuse.serving.http import BodySizeLimit, Loc, Problem, RequestRejected
 
-SERVE = load_serve_params()
-PROTECTED = frozenset({"/predict", "/predict_batch", "/feedback"})
-DEMO_PAGE = Path(__file__).parent / "static" / "demo.html"
-FILE_KINDS = {"image": "image/", "audio": "audio/"}  # a declared part type must match (or be generic)
-GENERIC_TYPES = frozenset({"", "application/octet-stream"})
 # InputProblem kinds -> status: nothing usable given / bad media content / a modality this model lacks.
 STATUS = {"missing": 400, "media": 422, "unsupported": 422}
-
-
-def _empty(cls: type[IODescriptor]) -> Any:
-    """An input with every field None: what a refused request hands BentoML (see http.reject)."""
-    return cls.model_construct(**dict.fromkeys(cls.model_fields))
-
-
-class PredictForm(IODescriptor):
-    """multipart/form-data (or URL-encoded, for text only): any non-empty subset of the three fields."""
-
-    # Media fields are raw bytes, declared by hand as binary form parts: BentoML 1.4's own
-    # file type breaks on optional fields (`Path | None` is left unpatched, `Optional[Path]`
-    # fails to build), and bytes go straight to preprocessing without a temp file.
-    model_config = ConfigDict(extra="forbid")
-    media_type: ClassVar[str | None] = "multipart/form-data"
-
-    image: Annotated[bytes | None, WithJsonSchema({"type": "string", "format": "binary", "description": "a PNG or JPEG image file"})] = None
-    audio: Annotated[bytes | None, WithJsonSchema({"type": "string", "format": "binary", "description": "a WAV audio file"})] = None
-    text: Annotated[str | None, WithJsonSchema({"type": "string", "description": "a short text, e.g. a transcript"})] = None
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "PredictForm":
-        try:
-            return cls.model_construct(**await cls._fields(request))
-        except RequestRejected as rejected:
-            reject(request, rejected)
-            return _empty(cls)
-
-    @classmethod
-    async def _fields(cls, request: Request) -> dict[str, Any]:
-        """The form's fields, refusing unknown, repeated, mistyped and oversized ones (all named at once)."""
-        kind = require_media_type(
-            request, ("multipart/form-data", "application/x-www-form-urlencoded"),
-            "multipart/form-data with the fields image, audio and/or text",
-        )  # fmt: skip
-        body = await read_body(request, SERVE.max_request_bytes)
-        try:
-            parts = parse_multipart(body, request.headers["content-type"]) if kind == "multipart/form-data" else parse_urlencoded(body)
-        except ValueError as exc:
-            raise RequestRejected(400, [Problem(("body",), str(exc), "malformed")]) from exc
-        values: dict[str, Any] = dict.fromkeys(cls.model_fields)
-        seen: set[str] = set()
-        problems: list[Problem] = []
-        for part in parts:
-            name = part.name
-            if name not in cls.model_fields:
-                problems.append(Problem((name,), "unknown field; the fields are image, audio and text.", "extra_forbidden"))
-            elif name in seen:
-                problems.append(Problem((name,), "given more than once; send one per request.", "duplicate"))
-            elif name == "text":
-                if len(part.data) > SERVE.max_field_bytes:
-                    problems.append(Problem((name,), f"over the field limit of {SERVE.max_field_bytes} bytes.", "too_large"))
-                else:
-                    values[name] = form_text(bytes(part.data), name)
-            elif part.filename is None:
-                problems.append(Problem((name,), "must be a file upload (a part with a filename), not a plain field.", "file_type"))
-            elif (part.content_type or "") not in GENERIC_TYPES and not part.content_type.startswith(FILE_KINDS[name]):
-                wanted = "a PNG or JPEG image" if name == "image" else "a WAV audio file"
-                problems.append(Problem((name,), f"the file is declared as {part.content_type}; send {wanted}.", "wrong_kind"))
-            elif part.filename or part.data:  # an empty, unnamed file is a browser's untouched file input: absent
-                values[name] = bytes(part.data)
-            seen.add(name)
-        if problems:
-            raise RequestRejected(415 if all(p.type == "wrong_kind" for p in problems) else 400, problems)
-        return values
-
-
-# Every field is a form part of its own: BentoML's OpenAPI would otherwise mark `text` as JSON-encoded.
-PredictForm.multipart_fields = list(PredictForm.model_fields)
-
-
-class _JSONInput(IODescriptor):
-    """A JSON request body, size-capped while read, validated strictly (unknown keys refused)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "_JSONInput":
-        try:
-            require_media_type(request, ("application/json",), "application/json")
-            body = await read_body(request, SERVE.max_request_bytes)
-            try:
-                return cls.model_validate_json(body or b"{}")
-            except ValidationError as exc:
-                raise RequestRejected(400, validation_problems(exc)) from exc
-        except RequestRejected as rejected:
-            reject(request, rejected)
-            return _empty(cls)
-
-
-def _strict_base64(value: Any) -> bytes:
-    """Standard base64 only: pydantic's Base64Bytes silently skips invalid characters, so "%%%" became b""."""
-    if not isinstance(value, str):
-        raise PydanticCustomError("base64_type", "must be a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
-        raise PydanticCustomError("base64_decode", "not valid base64 ({reason})", {"reason": str(exc)}) from exc
-
-
-Base64Media = Annotated[bytes, PlainValidator(_strict_base64), WithJsonSchema({"type": "string", "format": "byte"})]
-
-
-class SampleIn(BaseModel):
-    """One sample of a batch: any non-empty subset of the three modalities."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image: Base64Media | None = Field(None, description="a PNG or JPEG image, base64-encoded")
-    audio: Base64Media | None = Field(None, description="a WAV file, base64-encoded")
-    text: str | None = Field(None, description="a short text")
-
-
-class PredictBatchBody(_JSONInput):
-    samples: list[SampleIn] = Field(min_length=1, max_length=SERVE.max_batch_samples)
-
-
-class PredictBatchResponse(BaseModel):
-    predictions: list[Prediction] = Field(description="one per sample, in request order")
-
-
-class FeedbackBody(_JSONInput):
-    request_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="the request_id a prediction returned")
-    label: str = Field(min_length=1, max_length=256, description="the true label, one of the model's labels")
-
-
-class FeedbackResponse(BaseModel):
-    request_id: str
-    label: str
-    prediction: str = Field(description="what the model had answered")
-    correct: bool
 
 
 @lru_cache(maxsize=1)
@@ -209,41 +55,11 @@ def _batch_size_histogram() -> Any:
     )
 
 
-def _with_status(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
-    """BentoML overwrites the status of a response returned by an API that takes `ctx` with
-    ctx.response.status_code, so the error's status must be set there too."""
-    ctx.response.status_code = response.status_code
-    return response
-
-
-async def _demo_page(_: Request) -> HTMLResponse:
-    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
-
-
-@lru_cache(maxsize=1)
-def _docs_html() -> str:
-    """BentoML's Swagger UI page (served at /) without its Google Tag Manager snippets: the
-    project keeps telemetry off, and BENTOML_DO_NOT_TRACK does not reach this static page."""
-    import _bentoml_impl.server
-
-    page = (Path(_bentoml_impl.server.__file__).parent / "main-openapi.html").read_text(encoding="utf-8")
-    return re.sub(r"<!-- Google Tag Manager.*?<!-- End Google Tag Manager[^>]*-->", "", page, flags=re.DOTALL)
-
-
-async def _docs_page(_: Request) -> HTMLResponse:
-    return HTMLResponse(_docs_html())
-
-
-demo_app = Starlette(routes=[Route("/", _demo_page)])
-docs_app = Starlette(routes=[Route("/", _docs_page)])  # mounted routes take precedence over BentoML's own "/"
-
-
-@bentoml.asgi_app(docs_app, path="/", name="docs")
-@bentoml.asgi_app(demo_app, path="/demo", name="demo")
+@bentoml.asgi_app(app, path="/", name="api")  # only the app's own routes: BentoML's health and metrics stay
 @bentoml.service(
     name="mmfuse",
     workers=SERVE.workers,
-    threads=SERVE.threads,
+    threads=SERVE.threads,  # for the record: the API applies it with the instance's `limiter`
     traffic={"timeout": SERVE.timeout_s},
 )
 class MMFuse:
@@ -261,6 +77,7 @@ class MMFuse:
         self.batcher = AdaptiveBatcher(
             self.predictor.forward, SERVE.max_batch_size, SERVE.batch_wait_ms / 1000, on_batch=histogram.observe
         )
+        self.limiter = anyio.CapacityLimiter(SERVE.threads)  # requests this worker serves at once
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -268,50 +85,38 @@ class MMFuse:
         self.batcher.close()
         self.log.close()
 
-    @bentoml.api(route="/predict", input_spec=PredictForm, output_spec=Prediction)
-    def predict(
-        self, ctx: bentoml.Context, image: bytes | None = None, audio: bytes | None = None, text: str | None = None
-    ) -> Prediction | JSONResponse:
-        """Classify one sample from any non-empty subset of image, audio and text."""
-        started = time.perf_counter()
-        if (refused := rejection(ctx.request)) is not None:
-            return _with_status(ctx, refused)
-        try:
-            prepared = self.predictor.prepare(RawSample(image, audio, text))
-        except InputProblem as problem:
-            return _with_status(ctx, error_response(STATUS[problem.kind], [Problem((problem.field,), problem.message, problem.kind)]))
-        return self._answer([prepared], "predict", started)[0]
+    def classify(self, samples: list[RawSample], locs: list[Loc], endpoint: str) -> list[Prediction]:
+        """Predictions for `samples` (from `endpoint`), each logged; runs on one of the API's threads.
 
-    @bentoml.api(route="/predict_batch", input_spec=PredictBatchBody, output_spec=PredictBatchResponse)
-    def predict_batch(self, ctx: bentoml.Context, samples: list[SampleIn]) -> PredictBatchResponse | JSONResponse:
-        """Classify many samples in one call; any bad sample fails the call, naming every bad field."""
+        Every sample is validated and preprocessed first, on this thread; only the model call
+        is batched with concurrent requests. Any bad sample refuses the whole call, naming
+        every bad field under its sample's `loc` (so one bad sample never costs a model call).
+        """
         started = time.perf_counter()
-        if (refused := rejection(ctx.request)) is not None:
-            return _with_status(ctx, refused)
         prepared: list[PreparedSample] = []
         problems: list[tuple[int, Problem]] = []
-        for index, sample in enumerate(samples):
+        for sample, loc in zip(samples, locs, strict=True):
             try:
-                prepared.append(self.predictor.prepare(RawSample(sample.image, sample.audio, sample.text)))
+                prepared.append(self.predictor.prepare(sample))
             except InputProblem as problem:
-                problems.append((STATUS[problem.kind], Problem(("samples", index, problem.field), problem.message, problem.kind)))
+                problems.append((STATUS[problem.kind], Problem((*loc, problem.field), problem.message, problem.kind)))
         if problems:
-            return _with_status(ctx, error_response(min(status for status, _ in problems), [p for _, p in problems]))
-        return PredictBatchResponse(predictions=self._answer(prepared, "predict_batch", started))
+            raise RequestRejected(min(status for status, _ in problems), [p for _, p in problems])
+        return self._answer(prepared, endpoint, started)
 
-    @bentoml.api(route="/feedback", input_spec=FeedbackBody, output_spec=FeedbackResponse)
-    def feedback(self, ctx: bentoml.Context, request_id: str, label: str) -> FeedbackResponse | JSONResponse:
-        """Record the true label of an earlier prediction, beside it in the inference log."""
-        if (refused := rejection(ctx.request)) is not None:
-            return _with_status(ctx, refused)
+    def record_feedback(self, request_id: str, label: str) -> FeedbackResponse:
+        """Store the true label of an earlier prediction beside it in the inference log.
+
+        Refused (400) for a label the model does not know, so monitoring never counts a typo
+        as an error; 404 when the log holds no such prediction.
+        """
         if label not in self.labels:
             known = ", ".join(self.predictor.labels)
-            problem = Problem(("label",), f"unknown label {label!r}; the labels are {known}.", "unknown_label")
-            return _with_status(ctx, error_response(400, [problem]))
+            raise RequestRejected(400, [Problem(("label",), f"unknown label {label!r}; the labels are {known}.", "unknown_label")])
         prediction = self.log.feedback(request_id, label)
         if prediction is None:
             msg = "no prediction with this id in the inference log (never made, or removed by retention)."
-            return _with_status(ctx, error_response(404, [Problem(("request_id",), msg, "not_found")]))
+            raise RequestRejected(404, [Problem(("request_id",), msg, "not_found")])
         return FeedbackResponse(request_id=request_id, label=label, prediction=prediction, correct=prediction == label)
 
     def _answer(self, prepared: list[PreparedSample], endpoint: str, started: float) -> list[Prediction]:
@@ -341,6 +146,8 @@ class MMFuse:
         return predictions
 
 
-# Outermost first: refuse unauthenticated calls before reading anything, then oversized bodies.
+# Outermost first: refuse unauthenticated calls before reading anything, then oversized bodies;
+# innermost, hand the API's routes this app's service instance.
 MMFuse.add_asgi_middleware(BearerAuth, protected=PROTECTED)
 MMFuse.add_asgi_middleware(BodySizeLimit, max_bytes=SERVE.max_request_bytes)
+MMFuse.add_asgi_middleware(ServiceBinding)
