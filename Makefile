@@ -33,6 +33,8 @@ run: $(STAMP)
 	@echo "  everything DVC tracks:                       dvc metrics show; dvc plots show"
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)  # after `make run`: ~3 min; the training benchmarks need a clean preset, see their docstrings

@@ -43,13 +43,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 
-from mmfuse.params.data import DataParams
 from mmfuse.data.avdigits import build_avdigits
 from mmfuse.io import write_json
+from mmfuse.params.data import DataParams
+from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams
 from mmfuse.preprocess.audio import audio_features, clean_audio, decode_audio, log_mel
 from mmfuse.preprocess.dedup import nearest, signature
 from mmfuse.preprocess.image import decode_image, image_features
-from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams
 
 RESULT = Path("benchmarks/results/denoise_choice.json")
 PRESETS = ("hard", "clean")
@@ -122,8 +122,9 @@ def _mcnemar_p(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def _evaluate(candidates: dict[str, dict[str, Any]], job: Callable, column: str, roots: dict[str, Path],
-              manifest: pd.DataFrame) -> dict[str, Any]:
+def _evaluate(
+    candidates: dict[str, dict[str, Any]], job: Callable, column: str, roots: dict[str, Path], manifest: pd.DataFrame
+) -> dict[str, Any]:
     """Accuracy of every candidate on every preset, its McNemar p against 'none', and the winner."""
     used = manifest["split"].isin(["train", "val"]).to_numpy()
     labels, groups = manifest["label"].to_numpy()[used], manifest["clip"].to_numpy()[used]
@@ -139,7 +140,9 @@ def _evaluate(candidates: dict[str, dict[str, Any]], job: Callable, column: str,
             correct[name] = _out_of_fold_correct(features, labels, groups)
             if reference is not None and preset == "hard":
                 mse = np.mean((features - reference) ** 2, axis=1)
-                scores[name]["hard_psnr_db_vs_clean"] = round(float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-12)))), 2)
+                scores[name]["hard_psnr_db_vs_clean"] = round(
+                    float(np.mean(10 * np.log10(1 / np.maximum(mse, 1e-12)))), 2
+                )
         for name in candidates:
             scores[name][f"{preset}_accuracy"] = round(float(correct[name].mean()), 4)
             scores[name][f"{preset}_mcnemar_p_vs_none"] = float(f"{_mcnemar_p(correct[name], correct['none']):.2e}")
@@ -166,7 +169,9 @@ def _evaluate(candidates: dict[str, dict[str, Any]], job: Callable, column: str,
     return {
         "candidates": scores,
         "winner": winner,
-        "winner_gain_points": {p: round(100 * (scores[winner][f"{p}_accuracy"] - scores["none"][f"{p}_accuracy"]), 2) for p in roots},
+        "winner_gain_points": {
+            p: round(100 * (scores[winner][f"{p}_accuracy"] - scores["none"][f"{p}_accuracy"]), 2) for p in roots
+        },
         "most_accurate_on_hard": max(candidates, key=lambda n: scores[n]["hard_accuracy"]),
         "rule": __doc__.split("- Rule: ", 1)[1].split("\n- ", 1)[0].replace("\n  ", " ").strip(),
     }
@@ -282,8 +287,15 @@ def main() -> None:
     }
     result["seconds"] = round(time.perf_counter() - start, 1)
     write_json(RESULT, result)
-    print(json.dumps({key: {k: v for k, v in result[key].items() if k != "candidates"}
-                      for key in ("image_denoise", "audio_cleaning")}, indent=2))
+    print(
+        json.dumps(
+            {
+                key: {k: v for k, v in result[key].items() if k != "candidates"}
+                for key in ("image_denoise", "audio_cleaning")
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import shlex
+import shutil
 import subprocess
 import sys
 import time

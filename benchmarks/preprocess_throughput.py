@@ -52,7 +52,9 @@ def main() -> None:
             start = time.perf_counter()
             done = subprocess.run(
                 [sys.executable, "-c", _CHILD, str(args.manifest), str(work / "out")],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             )
             seconds.append(time.perf_counter() - start)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -63,7 +63,10 @@ def payload() -> dict[str, Any]:
     audio = io.BytesIO()
     sf.write(audio, wave.astype(np.float32), 8000, format="WAV", subtype="PCM_16")
     return {
-        "files": {"image": ("digit.png", image.getvalue(), "image/png"), "audio": ("clip.wav", audio.getvalue(), "audio/wav")},
+        "files": {
+            "image": ("digit.png", image.getvalue(), "image/png"),
+            "audio": ("clip.wav", audio.getvalue(), "audio/wav"),
+        },
         "data": {"text": "one"},
     }
 
@@ -73,10 +76,10 @@ def stand_in_artifact(out_dir: Path) -> Path:
     import numpy as np
     import torch
 
-    from mmfuse.params import load_params
+    from mmfuse.modality import MODALITIES
     from mmfuse.models.artifact import save_artifact
     from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
-    from mmfuse.modality import MODALITIES
+    from mmfuse.params import load_params
     from mmfuse.preprocess.state import PreprocessState
     from mmfuse.preprocess.text import Vocabulary
 
@@ -95,11 +98,17 @@ def stand_in_artifact(out_dir: Path) -> Path:
     shapes = state.shapes()
     torch.manual_seed(0)
     spec = ModelSpec(
-        modalities=MODALITIES, fusion=params.train.fusion, n_classes=len(labels),
-        shapes={m: shapes[m] for m in MODALITIES}, vocab_size=len(state.vocab.tokens), arch=params.train.arch,
-    )  # fmt: skip
+        modalities=MODALITIES,
+        fusion=params.train.fusion,
+        n_classes=len(labels),
+        shapes={m: shapes[m] for m in MODALITIES},
+        vocab_size=len(state.vocab.tokens),
+        arch=params.train.arch,
+    )
     model = MultimodalClassifier(spec).eval()
-    save_artifact(out_dir, model, {"labels": list(labels), "preprocessing": state.to_dict()}, {"note": "benchmark stand-in"})
+    save_artifact(
+        out_dir, model, {"labels": list(labels), "preprocessing": state.to_dict()}, {"note": "benchmark stand-in"}
+    )
     return out_dir
 
 
@@ -113,7 +122,17 @@ def start_server(workdir: Path, env: dict[str, str], timeout: float = 120.0) -> 
     import httpx
 
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "mmfuse.serving.service:MMFuse", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "mmfuse.serving.service:MMFuse",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     log = open(workdir / "server.log", "wb")
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -232,8 +251,12 @@ def main() -> None:
     parser.add_argument("--champion", action="store_true", help="serve the champion of the current BentoML store")
     parser.add_argument("--requests", type=int, default=1000, help="sequential requests for the percentiles")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
-    parser.add_argument("--repeats", type=int, default=3, help="throughput runs per concurrency (the median is reported)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file the server reads (serve:)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="throughput runs per concurrency (the median is reported)"
+    )
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params file the server reads (serve:)"
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     if not args.params.exists():
@@ -273,7 +296,9 @@ def main() -> None:
             timings += sequential(url, body, max(1, args.requests // chunks), {})
         load_before = os.getloadavg()[0]
         # Interleaved rounds, so a slow spell of a shared machine hits every concurrency alike.
-        rounds = [{c: throughput(url, body, c, args.seconds, process.pid) for c in (1, 8, 32)} for _ in range(args.repeats)]
+        rounds = [
+            {c: throughput(url, body, c, args.seconds, process.pid) for c in (1, 8, 32)} for _ in range(args.repeats)
+        ]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -292,7 +317,8 @@ def main() -> None:
         "goals": GOALS,
         "rps_runs": {f"c{c}": [round(r[c][0], 1) for r in rounds] for c in (1, 8, 32)},
         "cpu_ms_per_request": {
-            f"c{c}": {"server": round(server, 2), "load_generator": round(client, 2)} for c, (_, server, client) in runs.items()
+            f"c{c}": {"server": round(server, 2), "load_generator": round(client, 2)}
+            for c, (_, server, client) in runs.items()
         },
         "model": {"source": model_source, "tag": str(champion.tag)},
         "serve": serve.model_dump(),
@@ -305,7 +331,7 @@ def main() -> None:
             "load_avg_1m_before_throughput": round(load_before, 2),
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
         },
-        "note": "load generator and server share the machine's cores; other work on the machine counts in the load average",
+        "note": "load generator and server share the machine's cores; other work on the machine shows in the load average",  # noqa: E501
     }
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

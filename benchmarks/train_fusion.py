@@ -27,14 +27,14 @@ from typing import Any
 
 import torch
 
-from mmfuse.params import load_params
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.models.data import load_split
 from mmfuse.io import write_json
-from mmfuse.models.artifact import load_model
 from mmfuse.modality import MODALITIES
-from mmfuse.params.train import TrainParams
+from mmfuse.models.artifact import load_model
+from mmfuse.models.data import load_split
 from mmfuse.models.scoring import subset_scores
+from mmfuse.params import load_params
+from mmfuse.params.train import TrainParams
 from mmfuse.training.jobs import PARTS, train_model, train_part
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,12 +60,16 @@ def _on_test(processed: Path, model_dir: Path, params: TrainParams, metrics: dic
     }
 
 
-def _fusion_on_test(processed: Path, work: Path, name: str, params: TrainParams, encoders_from: Path | None) -> dict[str, Any]:
+def _fusion_on_test(
+    processed: Path, work: Path, name: str, params: TrainParams, encoders_from: Path | None
+) -> dict[str, Any]:
     """Train one all-modality model (staged on the unimodal models in `encoders_from`, or jointly), score it on test."""
     folder = work / name
     shutil.rmtree(folder, ignore_errors=True)
     sources = {m: encoders_from / m for m in MODALITIES} if encoders_from and params.pretrained_encoders else None
-    metrics = train_model(processed, folder / "model", params, MODALITIES, params.fusion, folder / "ckpt", folder / "curve.csv", sources)
+    metrics = train_model(
+        processed, folder / "model", params, MODALITIES, params.fusion, folder / "ckpt", folder / "curve.csv", sources
+    )
     return _on_test(processed, folder / "model", params, metrics)
 
 
@@ -83,17 +87,28 @@ def main() -> None:
         summary: dict[str, Any] = {"baselines": {}}
         for part in PARTS:
             done = train_part(
-                part, processed=args.processed, models=work / "stage" / "models", params=params,
-                curves=work / "stage" / "plots" / part, metrics=work / "stage" / f"{part}.json",
-            )  # fmt: skip
+                part,
+                processed=args.processed,
+                models=work / "stage" / "models",
+                params=params,
+                curves=work / "stage" / "plots" / part,
+                metrics=work / "stage" / f"{part}.json",
+            )
             summary["baselines"].update(done["baselines"])
             summary.update({"candidate": done["candidate"]} if "candidate" in done else {})
         stage_s = time.perf_counter() - started
         fusion = summary["candidate"]
         # Staged: producing the fusion model means training its three unimodal encoders first.
-        encoders_s = sum(summary["baselines"][m]["train_seconds"] for m in MODALITIES) if params.pretrained_encoders else 0.0
+        encoders_s = (
+            sum(summary["baselines"][m]["train_seconds"] for m in MODALITIES) if params.pretrained_encoders else 0.0
+        )
         result: dict[str, Any] = {
-            "machine": {"cpus": os.cpu_count(), "torch_threads": params.threads, "python": platform.python_version(), "torch": torch.__version__},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch_threads": params.threads,
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+            },
             "fusion": params.fusion,
             "pretrained_encoders": params.pretrained_encoders,
             "fusion_train_s": round(encoders_s + fusion["train_seconds"], 1),
@@ -102,7 +117,10 @@ def main() -> None:
             "fusion_samples_per_s": fusion["samples_per_second"],
             "fusion_epochs": fusion["epochs_run"],
             "all_models_train_s": round(stage_s, 1),
-            "per_model_train_s": {"candidate": fusion["train_seconds"], **{k: v["train_seconds"] for k, v in summary["baselines"].items()}},
+            "per_model_train_s": {
+                "candidate": fusion["train_seconds"],
+                **{k: v["train_seconds"] for k, v in summary["baselines"].items()},
+            },
             "test": evaluate_subsets(load_models(work / "stage" / "models")[0], load_split(args.processed, "test")),
         }
         write_json(RESULTS / "train_fusion.json", result)
@@ -112,7 +130,10 @@ def main() -> None:
             variants = {"staged_pretrained_encoders (default)": candidate}
             for name, update in IMBALANCE_VARIANTS.items():
                 variants[name] = _fusion_on_test(args.processed, work, name, params.model_copy(update=update), None)
-            write_json(RESULTS / "modality_imbalance.json", {"fusion": params.fusion, "dedicated_unimodal_test_accuracy": dedicated, "variants": variants})
+            write_json(
+                RESULTS / "modality_imbalance.json",
+                {"fusion": params.fusion, "dedicated_unimodal_test_accuracy": dedicated, "variants": variants},
+            )
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

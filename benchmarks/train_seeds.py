@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mmfuse.params import load_params
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.models.data import load_split
 from mmfuse.io import write_json
 from mmfuse.modality import MODALITIES
+from mmfuse.models.data import load_split
+from mmfuse.params import load_params
 from mmfuse.params.train import FUSIONS, TrainParams
 from mmfuse.training.jobs import PARTS, train_model, train_part
 
@@ -41,7 +41,14 @@ def _one_seed(processed: Path, work: Path, params: TrainParams) -> dict[str, Any
     started = time.perf_counter()
     summary: dict[str, Any] = {"baselines": {}}
     for part in PARTS:
-        done = train_part(part, processed=processed, models=work / "models", params=params, curves=work / "plots" / part, metrics=work / f"{part}.json")
+        done = train_part(
+            part,
+            processed=processed,
+            models=work / "models",
+            params=params,
+            curves=work / "plots" / part,
+            metrics=work / f"{part}.json",
+        )
         summary["baselines"].update(done["baselines"])
     stage_s = time.perf_counter() - started
     baselines = work / "models" / "baselines"
@@ -52,16 +59,25 @@ def _one_seed(processed: Path, work: Path, params: TrainParams) -> dict[str, Any
         (folder / "models").mkdir(parents=True)
         (folder / "models" / "baselines").symlink_to(baselines.resolve(), target_is_directory=True)
         train_model(
-            processed, folder / "models" / "candidate", params.model_copy(update={"fusion": head}), MODALITIES, head,
-            folder / "ckpt", folder / "curve.csv", {m: baselines / m for m in MODALITIES},
-        )  # fmt: skip
+            processed,
+            folder / "models" / "candidate",
+            params.model_copy(update={"fusion": head}),
+            MODALITIES,
+            head,
+            folder / "ckpt",
+            folder / "curve.csv",
+            {m: baselines / m for m in MODALITIES},
+        )
         heads[head] = evaluate_subsets(load_models(folder / "models")[0], test)
     default = heads[params.fusion]["subsets"]
     best = max(heads, key=lambda h: heads[h]["fused_accuracy"])
     encoders_s = sum(summary["baselines"][m]["train_seconds"] for m in MODALITIES)
     return {
         "dedicated": {name: default[name]["dedicated"] for name in (*MODALITIES, *PAIRS)},
-        "heads": {h: {"fused_accuracy": r["fused_accuracy"], "worst_subset_gap_points": r["worst_subset_gap_points"]} for h, r in heads.items()},
+        "heads": {
+            h: {"fused_accuracy": r["fused_accuracy"], "worst_subset_gap_points": r["worst_subset_gap_points"]}
+            for h, r in heads.items()
+        },
         "best_head": best,
         "fused_accuracy": heads[best]["fused_accuracy"],
         "fusion_gain_points": heads[best]["fusion_gain_points"],
@@ -72,7 +88,10 @@ def _one_seed(processed: Path, work: Path, params: TrainParams) -> dict[str, Any
 
 
 def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": round(statistics.fmean(values), 2), "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+    return {
+        "mean": round(statistics.fmean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+    }
 
 
 def _summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -81,15 +100,23 @@ def _summary(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return {
         "dedicated": {name: _spread([r["dedicated"][name] for r in each]) for name in each[0]["dedicated"]},
         "heads": {
-            head: {key: _spread([r["heads"][head][key] for r in each]) for key in ("fused_accuracy", "worst_subset_gap_points")}
+            head: {
+                key: _spread([r["heads"][head][key] for r in each])
+                for key in ("fused_accuracy", "worst_subset_gap_points")
+            }
             for head in each[0]["heads"]
         },
-        **{key: _spread([r[key] for r in each]) for key in ("fused_accuracy", "fusion_gain_points", "worst_subset_gap_points", "fusion_train_s")},
+        **{
+            key: _spread([r[key] for r in each])
+            for key in ("fused_accuracy", "fusion_gain_points", "worst_subset_gap_points", "fusion_train_s")
+        },
     }
 
 
 def _preset(processed: Path, work: Path, params: TrainParams, seeds: list[int]) -> dict[str, Any]:
-    runs = {seed: _one_seed(processed, work / f"seed-{seed}", params.model_copy(update={"seed": seed})) for seed in seeds}
+    runs = {
+        seed: _one_seed(processed, work / f"seed-{seed}", params.model_copy(update={"seed": seed})) for seed in seeds
+    }
     return {"seeds": runs, "summary": _summary(runs)}
 
 
@@ -102,12 +129,17 @@ def markdown(result: dict[str, Any]) -> str:
     presets = [p for p in ("hard", "clean") if p in result]
     summaries = [result[p]["summary"] for p in presets]
     rows = [(f"{name} (dedicated)", [s["dedicated"][name] for s in summaries]) for name in (*MODALITIES, *PAIRS)]
-    rows += [(f"fusion model, {head} head", [s["heads"][head]["fused_accuracy"] for s in summaries]) for head in FUSIONS]
+    rows += [
+        (f"fusion model, {head} head", [s["heads"][head]["fused_accuracy"] for s in summaries]) for head in FUSIONS
+    ]
     rows += [
         ("best head", [s["fused_accuracy"] for s in summaries]),
         ("fusion gain over the best single modality, points", [s["fusion_gain_points"] for s in summaries]),
     ]
-    rows += [(f"worst subset gap, {head} head, points", [s["heads"][head]["worst_subset_gap_points"] for s in summaries]) for head in FUSIONS]
+    rows += [
+        (f"worst subset gap, {head} head, points", [s["heads"][head]["worst_subset_gap_points"] for s in summaries])
+        for head in FUSIONS
+    ]
     rows += [("fusion training (3 encoders + head), s", [s["fusion_train_s"] for s in summaries])]
     header = "| test accuracy, % (mean ± std over seeds " + ", ".join(map(str, result["seeds"])) + ") | "
     lines = [header + " | ".join(f"`{p}`" for p in presets) + " |", "|---" * (len(presets) + 1) + "|"]
@@ -125,7 +157,11 @@ def main() -> None:
     params = load_params().train
     work = args.work or Path(tempfile.mkdtemp(prefix="mmfuse-seeds-"))
     try:
-        result: dict[str, Any] = {"seeds": args.seeds, "fusion": params.fusion, "hard": _preset(args.processed, work / "hard", params, args.seeds)}
+        result: dict[str, Any] = {
+            "seeds": args.seeds,
+            "fusion": params.fusion,
+            "hard": _preset(args.processed, work / "hard", params, args.seeds),
+        }
         if args.clean:
             result["clean"] = _preset(args.clean, work / "clean", params, args.seeds)
             result["clean_fused_accuracy"] = result["clean"]["summary"]["fused_accuracy"]["mean"]

@@ -1,4 +1,7 @@
-"""Entry file of the monitoring deployment (`prefect deploy flows/monitoring.py:monitoring_flow`); the flow lives in mmfuse."""
+"""Entry file of the monitoring deployment (`prefect deploy flows/monitoring.py:monitoring_flow`).
+
+The flow itself lives in mmfuse.orchestration, so an installed package runs it too.
+"""
 
 from mmfuse.orchestration.monitoring import monitoring_flow
 

@@ -1,4 +1,7 @@
-"""Entry file of the training deployment (`prefect deploy flows/training.py:training_flow`); the flow lives in mmfuse."""
+"""Entry file of the training deployment (`prefect deploy flows/training.py:training_flow`).
+
+The flow itself lives in mmfuse.orchestration, so an installed package runs it too.
+"""
 
 from mmfuse.orchestration.training import training_flow
 

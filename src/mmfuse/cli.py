@@ -55,8 +55,12 @@ for _name, _summary in STAGES.items():
 @app.command()
 @friendly
 def fetch(
-    into: Path = typer.Option(Path("data/sources"), help="Where the verified sources go (the ingest stage's --sources)."),
-    mirror: Optional[Path] = typer.Option(None, help="Local mirror laid out like upstream (default: $MMFUSE_DATA_MIRROR, else the network)."),
+    into: Path = typer.Option(
+        Path("data/sources"), help="Where the verified sources go (the ingest stage's --sources)."
+    ),
+    mirror: Optional[Path] = typer.Option(
+        None, help="Local mirror laid out like upstream (default: $MMFUSE_DATA_MIRROR, else the network)."
+    ),
 ) -> None:
     """Fetch the avdigits sources, verifying every file's sha256 (the ingest stage does this too)."""
     from mmfuse.data.sources import fetch_all
@@ -79,7 +83,11 @@ def serve(
 
 @app.command()
 @friendly
-def monitor(log: Optional[Path] = typer.Option(None, help="Inference log (default: $MMFUSE_INFERENCE_LOG or data/inference/log.sqlite).")) -> None:
+def monitor(
+    log: Optional[Path] = typer.Option(
+        None, help="Inference log (default: $MMFUSE_INFERENCE_LOG or data/inference/log.sqlite)."
+    ),
+) -> None:
     """One monitoring check now: validate and drift-check traffic since the last check."""
     from mmfuse.orchestration.monitoring import monitoring_flow
 
@@ -93,12 +101,18 @@ def monitor(log: Optional[Path] = typer.Option(None, help="Inference log (defaul
 @friendly
 def simulate_traffic(
     url: str = typer.Option("http://127.0.0.1:3000", help="The running service."),
-    manifest: Optional[Path] = typer.Option(None, help="Held-out data to send (default: the ingested dataset under data/raw)."),
+    manifest: Optional[Path] = typer.Option(
+        None, help="Held-out data to send (default: the ingested dataset under data/raw)."
+    ),
     n: int = typer.Option(200, min=1, help="Requests to send."),
     shift: Optional[str] = typer.Option(None, help="audio-noise | image-blur | text-garble | label-prior"),
     seed: int = typer.Option(0),
-    token: Optional[str] = typer.Option(None, envvar="MMFUSE_API_TOKEN", help="Bearer token, when the service requires one."),
-    feedback: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of requests whose true label is sent to /feedback."),
+    token: Optional[str] = typer.Option(
+        None, envvar="MMFUSE_API_TOKEN", help="Bearer token, when the service requires one."
+    ),
+    feedback: float = typer.Option(
+        0.0, min=0.0, max=1.0, help="Share of requests whose true label is sent to /feedback."
+    ),
 ) -> None:
     """Send real requests from held-out data, optionally shifted, to watch drift being detected."""
     from mmfuse.data.manifest import dataset_manifest
@@ -138,9 +152,8 @@ def champion_show() -> None:
         if key in meta:
             console.print(f"  {key}: {meta[key]}")
     for record in registry.history()[-5:]:
-        console.print(
-            f"  {record['time'][:19]} {record['action']}: {record.get('verdict', '')} {record.get('promoted_tag') or record.get('to') or ''}"
-        )
+        tag = record.get("promoted_tag") or record.get("to") or ""
+        console.print(f"  {record['time'][:19]} {record['action']}: {record.get('verdict', '')} {tag}")
 
 
 @champion_app.command("rollback")

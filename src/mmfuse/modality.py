@@ -9,3 +9,4 @@ from __future__ import annotations
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")
 IMAGE, AUDIO, TEXT = (MODALITIES.index(m) for m in ("image", "audio", "text"))  # mask column of each
 MEDIA: tuple[str, ...] = ("image", "audio")  # the modalities that arrive as files (text arrives inline)
+FLAGS: tuple[str, ...] = tuple(f"has_{m}" for m in MODALITIES)  # presence columns of the inference log and reference

@@ -83,9 +83,13 @@ def test_the_closure_check_finds_a_missing_dep() -> None:
     assert f"{PACKAGE}.data.manifest" in modules and f"{PACKAGE}.params.preprocess" in modules
     src = SRC / PACKAGE
     assert uncovered(modules, [src / "preprocess", src / "params", src / "stages"]) == [
-        "src/mmfuse/__init__.py", "src/mmfuse/data/__init__.py", "src/mmfuse/data/manifest.py",
-        "src/mmfuse/errors.py", "src/mmfuse/io.py", "src/mmfuse/modality.py",
-    ]  # fmt: skip
+        "src/mmfuse/__init__.py",
+        "src/mmfuse/data/__init__.py",
+        "src/mmfuse/data/manifest.py",
+        "src/mmfuse/errors.py",
+        "src/mmfuse/io.py",
+        "src/mmfuse/modality.py",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(dvc_stages()))
@@ -113,4 +117,3 @@ def test_a_stage_is_a_keyword_only_run_and_a_main_taking_its_paths(name: str) ->
     options = {f"--{p.replace('_', '-')}" for p in inspect.signature(module.main).parameters}
     given = {arg for arg in shlex.split(dvc_stages()[name]["cmd"]) if arg.startswith("--")}
     assert given == options, f"{name}: dvc.yaml passes {sorted(given)}, main takes {sorted(options)}"
-

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmfuse.params.data import DataParams, TextNoise
 from mmfuse.data.avdigits import DIGIT_WORDS, build_avdigits, noisy_transcript, read_idx
 from mmfuse.data.sources import FSDD, MNIST, fetch_source
 from mmfuse.errors import ConfigError, SourceError
+from mmfuse.params.data import DataParams, TextNoise
 
 
 @pytest.fixture
@@ -39,12 +39,16 @@ def test_standard_split_pairs_within_split_only(sources, tmp_path):
     assert set(takes[manifest.split == "train"]) == {10}
     assert (manifest["clip"].str[0] == manifest["label"]).all()  # clip digit matches the image label
     clips_by_split = manifest.groupby("split")["clip"].apply(set)
-    assert not (clips_by_split["train"] & clips_by_split["test"]) and not (clips_by_split["train"] & clips_by_split["val"])
+    assert not (clips_by_split["train"] & clips_by_split["test"]) and not (
+        clips_by_split["train"] & clips_by_split["val"]
+    )
     assert manifest["sample_id"].is_unique
 
 
 def test_speaker_split_holds_the_speaker_out(sources, tmp_path):
-    manifest = build_avdigits(sources, tmp_path / "raw", DataParams(preset="clean", split="speaker", holdout_speaker="bob"))
+    manifest = build_avdigits(
+        sources, tmp_path / "raw", DataParams(preset="clean", split="speaker", holdout_speaker="bob")
+    )
     assert set(manifest.loc[manifest.split == "test", "speaker"]) == {"bob"}
     assert "bob" not in set(manifest.loc[manifest.split != "test", "speaker"])
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mmfuse.params.data import DataParams
-from mmfuse.data.manifest import read_manifest, resolve_media, row_flags
+from mmfuse.data.manifest import dataset_manifest, read_manifest, resolve_media, row_flags
 from mmfuse.errors import ConfigError, ManifestError
-from mmfuse.data.manifest import dataset_manifest
+from mmfuse.params.data import DataParams
 from mmfuse.stages.ingest import run
 
 
@@ -42,7 +41,7 @@ def test_unsafe_rows_are_kept_for_validation_but_never_followed(tiny_dataset, tm
 
 def test_text_is_read_verbatim(tmp_path):
     path = tmp_path / "manifest.csv"
-    path.write_text('sample_id,label,split,image,audio,text\na,1,train,,,n/a\nb,1,train,,,NaN\n')
+    path.write_text("sample_id,label,split,image,audio,text\na,1,train,,,n/a\nb,1,train,,,NaN\n")
     assert list(read_manifest(path)["text"]) == ["n/a", "NaN"]
 
 

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmfuse.params.validate import ValidateParams
 from mmfuse.data.manifest import REQUIRED_COLUMNS, read_manifest
 from mmfuse.errors import ValidationFailed
+from mmfuse.params.validate import ValidateParams
 from mmfuse.validation import run_validation
 from mmfuse.validation.facts import audio_facts, collect_facts, image_facts
 
@@ -85,8 +85,15 @@ def dataset(tmp_path: Path) -> Dataset:
         write_png(ds.root / "images" / f"{i}.png", seed=i)
         write_wav(ds.root / "audio" / f"{i}.wav", tone(300 + 50 * i))
         ds.rows.append(
-            {"sample_id": f"s{i}", "label": label, "split": split, "image": f"images/{i}.png",
-             "audio": f"audio/{i}.wav", "text": f"digit {label}", "speaker": "alice"}
+            {
+                "sample_id": f"s{i}",
+                "label": label,
+                "split": split,
+                "image": f"images/{i}.png",
+                "audio": f"audio/{i}.wav",
+                "text": f"digit {label}",
+                "speaker": "alice",
+            }
         )
     return ds
 
@@ -157,7 +164,12 @@ def test_row_without_any_modality_fails(dataset):
     dataset.row("s5").update(image="", audio="", text="")
     message, summary = dataset.fail()
     # s5 is the only test row: the test split is now also left without any modality
-    assert failed_names(summary) == {"has_modality", "image_in_every_split", "audio_in_every_split", "text_in_every_split"}
+    assert failed_names(summary) == {
+        "has_modality",
+        "image_in_every_split",
+        "audio_in_every_split",
+        "text_in_every_split",
+    }
     assert entry(summary, "has_modality")["examples"][0]["sample_id"] == "s5"
     assert summary["modalities"] == {"image": 5, "audio": 5, "text": 5}
     assert "manifest/has_modality" in message and "s5 (row 6)" in message

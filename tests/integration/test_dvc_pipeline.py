@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from project_tools import run
 
 from mmfuse.models.artifact import load_model
-from mmfuse.params.train import FUSIONS
 from mmfuse.orchestration.dvc import run_experiment
-from project_tools import run
+from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
 

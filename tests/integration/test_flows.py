@@ -5,7 +5,6 @@ Also the drift reference and the traffic simulator against the in-process servic
 
 from __future__ import annotations
 
-
 import importlib.util
 import shutil
 import sys
@@ -18,15 +17,16 @@ from conftest_flows import prefect_server  # noqa: F401 (session fixture)
 from test_service_support import LABELS, build_artifact, free_port, running
 
 from mmfuse.inference import registry
-from mmfuse.params import Params
+from mmfuse.inference.log import read_log
 from mmfuse.monitoring.check import TriggerFailed, trigger_training
-from mmfuse.orchestration.server import build_deployments, prefect_server as local_server
-from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
 from mmfuse.monitoring.traffic import simulate_traffic
-from mmfuse.inference.log import read_log
 from mmfuse.orchestration.monitoring import monitoring_flow
+from mmfuse.orchestration.server import build_deployments
+from mmfuse.orchestration.server import prefect_server as local_server
 from mmfuse.orchestration.training import training_flow
+from mmfuse.params import Params
+from mmfuse.params.monitor import MonitorParams
 
 ROOT = Path(__file__).resolve().parents[2]
 # The synthetic reference and traffic of the unit tests (one implementation for both levels).
@@ -50,7 +50,9 @@ def training_runs(deployment_id) -> int:
 
 def test_monitoring_flow_triggers_the_training_deployment_once_per_drifted_window(prefect_server, tmp_path):  # noqa: F811
     project, log = tmp_path, tmp_path / "log.sqlite"
-    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)  # no champion: the project's reference counts
+    shutil.rmtree(
+        registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True
+    )  # no champion: the project's reference counts
     (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
     synthetic.reference_file(project / MonitorParams().reference_path)
     deployment_id = training_flow.to_deployment(name="drift-test", parameters={"project": str(project)}).apply()
@@ -104,11 +106,19 @@ def test_the_reference_is_the_log_contract_and_deterministic(tiny_dataset, tmp_p
 def test_the_simulator_sends_shifted_requests_and_feedback(tiny_dataset, tmp_path):
     log = tmp_path / "log.sqlite"
     manifest = tiny_dataset.read_text().splitlines()
-    named = [manifest[0], *(",".join([r.split(",")[0], LABELS[int(r.split(",")[1])], *r.split(",")[2:]]) for r in manifest[1:])]
+    named = [
+        manifest[0],
+        *(",".join([r.split(",")[0], LABELS[int(r.split(",")[1])], *r.split(",")[2:]]) for r in manifest[1:]),
+    ]
     tiny_dataset.write_text("\n".join(named) + "\n")  # the tiny champion's label names, so /feedback accepts them
     with running(log) as client:
-        counts = simulate_traffic("http://testserver", tiny_dataset, 8, "audio-noise", seed=0, token=None,
-                                  feedback=1.0, client=client)  # fmt: skip
-    assert counts["sent"] == counts["answered"] == 8 and counts["feedback"] == 8 and counts["errors"] == {} == counts["feedback_errors"]
+        counts = simulate_traffic(
+            "http://testserver", tiny_dataset, 8, "audio-noise", seed=0, token=None, feedback=1.0, client=client
+        )
+    assert (
+        counts["sent"] == counts["answered"] == 8
+        and counts["feedback"] == 8
+        and counts["errors"] == {} == counts["feedback_errors"]
+    )
     frame = read_log(log)
     assert len(frame) == 8 and frame["true_label"].notna().all()

@@ -16,9 +16,9 @@ import torch
 from starlette.testclient import TestClient
 from test_service_support import LABELS, TEMPERATURE, build_artifact, png, promoted_champion, running, tiny_state, wav
 
-from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.inference.log import LOG_ENV, read_log
 from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
+from mmfuse.preprocess.sample import preprocess_sample
 
 MEDIA = {"image": ("digit.png", png(), "image/png"), "audio": ("clip.wav", wav(), "audio/wav")}
 
@@ -42,9 +42,16 @@ def test_predict_with_all_modalities_answers_the_contract(service):
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {
-        "request_id", "label", "confidence", "probabilities", "modalities_used", "modalities_ignored",
-        "contributions", "driver", "model_version",
-    }  # fmt: skip
+        "request_id",
+        "label",
+        "confidence",
+        "probabilities",
+        "modalities_used",
+        "modalities_ignored",
+        "contributions",
+        "driver",
+        "model_version",
+    }
     assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"])
     assert body["model_version"] == service.tag
     assert list(body["probabilities"]) == list(LABELS)
@@ -58,9 +65,13 @@ def test_predict_with_all_modalities_answers_the_contract(service):
     assert all(c["label"] in LABELS and 0 <= c["support"] <= 1 for c in body["contributions"].values())
 
 
-@pytest.mark.parametrize("subset", [s for n in (1, 2, 3) for s in combinations(("image", "audio", "text"), n)], ids="+".join)
+@pytest.mark.parametrize(
+    "subset", [s for n in (1, 2, 3) for s in combinations(("image", "audio", "text"), n)], ids="+".join
+)
 def test_every_non_empty_subset_is_answered(service, subset):
-    response = predict(service.client, image="image" in subset, audio="audio" in subset, text="two" if "text" in subset else None)
+    response = predict(
+        service.client, image="image" in subset, audio="audio" in subset, text="two" if "text" in subset else None
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["modalities_used"] == list(subset) and set(body["contributions"]) == set(subset)
@@ -85,13 +96,17 @@ def test_a_numeric_text_stays_text_and_a_json_string_is_decoded(service):
 
 
 def test_a_url_encoded_form_carries_text(service):
-    response = service.client.post("/predict", content=b"text=one", headers={"content-type": "application/x-www-form-urlencoded"})
+    response = service.client.post(
+        "/predict", content=b"text=one", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 200, response.text
 
 
 def browser_form(text: str | None) -> dict[str, Any]:
     """What a browser posts for a form whose image input was left empty (httpx cannot send filename="")."""
-    parts = [b'--b\r\nContent-Disposition: form-data; name="image"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n']
+    parts = [
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename=""\r\nContent-Type: application/octet-stream\r\n\r\n\r\n'  # noqa: E501
+    ]
     if text is not None:
         parts.append(b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\n' + text.encode() + b"\r\n")
     return {"content": b"".join(parts) + b"--b--\r\n", "headers": {"content-type": "multipart/form-data; boundary=b"}}
@@ -117,8 +132,16 @@ BAD_PREDICTS: dict[str, tuple[dict[str, Any], int, tuple[Any, ...]]] = {
     "only an empty browser file input": (browser_form(None), 400, ("body",)),
     "undecodable image": ({"files": {"image": ("x.png", b"\x89PNG not really", "image/png")}}, 422, ("image",)),
     "undecodable audio": ({"files": {"audio": ("x.wav", b"RIFF....WAVEjunk", "audio/wav")}}, 422, ("audio",)),
-    "audio bytes sent as the image": ({"files": {"image": ("x.png", wav(), "application/octet-stream")}}, 422, ("image",)),
-    "image bytes sent as the audio": ({"files": {"audio": ("x.wav", png(), "application/octet-stream")}}, 422, ("audio",)),
+    "audio bytes sent as the image": (
+        {"files": {"image": ("x.png", wav(), "application/octet-stream")}},
+        422,
+        ("image",),
+    ),
+    "image bytes sent as the audio": (
+        {"files": {"audio": ("x.wav", png(), "application/octet-stream")}},
+        422,
+        ("audio",),
+    ),
     "an audio file declared in the image field": ({"files": {"image": ("x.wav", wav(), "audio/wav")}}, 415, ("image",)),
     "an image file declared in the audio field": ({"files": {"audio": ("x.png", png(), "image/png")}}, 415, ("audio",)),
     "empty image file": ({"files": {"image": ("x.png", b"", "image/png")}}, 422, ("image",)),
@@ -132,11 +155,19 @@ BAD_PREDICTS: dict[str, tuple[dict[str, Any], int, tuple[Any, ...]]] = {
     "text not UTF-8": ({"files": {"text": ("t.txt", b"\xff\xfe", "text/plain")}}, 400, ("text",)),
     "JSON body": ({"json": {"text": "one"}}, 415, ("header", "content-type")),
     "no content type": ({"content": b"text=one"}, 415, ("header", "content-type")),
-    "multipart without boundary": ({"content": b"x", "headers": {"content-type": "multipart/form-data"}}, 400, ("body",)),
+    "multipart without boundary": (
+        {"content": b"x", "headers": {"content-type": "multipart/form-data"}},
+        400,
+        ("body",),
+    ),
     "truncated multipart": (
-        {"content": b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\none', "headers": {"content-type": "multipart/form-data; boundary=b"}},
-        400, ("body",),
-    ),  # fmt: skip
+        {
+            "content": b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\none',
+            "headers": {"content-type": "multipart/form-data; boundary=b"},
+        },
+        400,
+        ("body",),
+    ),
 }
 
 
@@ -229,7 +260,12 @@ def test_feedback_is_stored_beside_the_request(service):
     body = predict(service.client, text="two").json()
     response = service.client.post("/feedback", json={"request_id": body["request_id"], "label": "two"})
     assert response.status_code == 200, response.text
-    assert response.json() == {"request_id": body["request_id"], "label": "two", "prediction": body["label"], "correct": body["label"] == "two"}
+    assert response.json() == {
+        "request_id": body["request_id"],
+        "label": "two",
+        "prediction": body["label"],
+        "correct": body["label"] == "two",
+    }
     row = read_log(service.log).set_index("request_id").loc[body["request_id"]]
     assert row["true_label"] == "two" and row["feedback_time"] is not None
 
@@ -268,7 +304,9 @@ def test_health_openapi_and_demo_are_served(service):
         assert all(f"<code>{route}</code>" in docs.text for route in ("/predict", "/predict_batch", "/feedback"))
         assert 'href="docs.json"' in docs.text and "<script" not in docs.text
         assert "googletagmanager" not in docs.text, "the OpenAPI page must not phone home"
-        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs.text), "the docs page must not load from elsewhere"
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", docs.text), (
+            "the docs page must not load from elsewhere"
+        )
     page = service.client.get("/demo/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page.text), "the demo page must not load from a CDN"

@@ -30,7 +30,12 @@ def test_bentoml_build_makes_a_bento_with_the_champion():
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["service"] == "mmfuse.serving.service:MMFuse"
     assert [m["tag"] for m in info["services"][0]["models"]] == [champion]
-    for path in ("src/mmfuse/serving/service.py", "src/mmfuse/serving/static/demo.html", "src/mmfuse/preprocess/sample.py", "params.yaml"):
+    for path in (
+        "src/mmfuse/serving/service.py",
+        "src/mmfuse/serving/static/demo.html",
+        "src/mmfuse/preprocess/sample.py",
+        "params.yaml",
+    ):
         assert (bento / "src" / path).exists(), path
     assert not list((bento / "src").glob("data/**/*")) and not (bento / "src" / ".venv").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from test_service_support import LABELS, Server, png, promoted_champion, start_server, wav
 
-from mmfuse.serving.auth import TOKEN_ENV
 from mmfuse.inference.log import LOG_ENV, read_log
+from mmfuse.serving.auth import TOKEN_ENV
 
 TOKEN = "test-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -32,7 +32,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory with its own params.yaml (a small request limit) and data/ folder."""
     promoted_champion()
     root = tmp_path_factory.mktemp("project")
-    (root / "params.yaml").write_text(f"serve:\n  max_request_bytes: {MAX_REQUEST_BYTES}\n  threads: 8\n  workers: 2\n")  # as shipped: one process per core
+    (root / "params.yaml").write_text(
+        f"serve:\n  max_request_bytes: {MAX_REQUEST_BYTES}\n  threads: 8\n  workers: 2\n"
+    )  # as shipped: one process per core
     return root
 
 
@@ -132,7 +134,10 @@ def test_concurrent_requests_all_succeed(server):
     assert len({r.json()["request_id"] for r in responses}) == 48
 
 
-@pytest.mark.skipif(not CHROMIUM.exists() or shutil.which("chromium") is None, reason="needs Debian's chromium (apt-get install chromium)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists() or shutil.which("chromium") is None,
+    reason="needs Debian's chromium (apt-get install chromium)",
+)
 def test_the_demo_page_predicts_in_a_browser(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     image, audio = tmp_path / "digit.png", tmp_path / "clip.wav"
@@ -142,10 +147,15 @@ def test_the_demo_page_predicts_in_a_browser(server, tmp_path):
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
             args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
             ],
-        )  # fmt: skip
+        )
         try:
             page = browser.new_page()
             page.goto(url(server, "/demo/"))
@@ -165,8 +175,10 @@ def test_the_demo_page_predicts_in_a_browser(server, tmp_path):
             assert page.get_by_test_id("probabilities").locator(".bar").count() == len(LABELS)
             modalities = page.get_by_test_id("contributions").locator(".bar")
             assert sorted(modalities.nth(i).get_attribute("data-modality") for i in range(modalities.count())) == [
-                "audio", "image", "text",
-            ]  # fmt: skip
+                "audio",
+                "image",
+                "text",
+            ]
             request_id = page.get_by_test_id("request-id").inner_text()
             page.get_by_test_id("truth").select_option("two")
             page.get_by_test_id("send-feedback").click()
@@ -183,7 +195,9 @@ def test_the_log_and_feedback_survive_a_restart(server):
     server.restart()
     before = read_log(server.log)
     assert body["request_id"] in set(before["request_id"])
-    feedback = httpx.post(url(server, "/feedback"), json={"request_id": body["request_id"], "label": "one"}, headers=AUTH)
+    feedback = httpx.post(
+        url(server, "/feedback"), json={"request_id": body["request_id"], "label": "one"}, headers=AUTH
+    )
     assert feedback.status_code == 200, feedback.text
     again = predict(server, text="two").json()
     server.current.stop()  # a graceful stop writes what is queued

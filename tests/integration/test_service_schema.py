@@ -47,6 +47,10 @@ def test_the_fuzzed_schema_is_the_one_the_service_serves(client: TestClient) -> 
 def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, client: TestClient) -> None:
     response = send(client, case)
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text}"
-    if case.method == "POST" and case.path in ("/predict", "/predict_batch", "/feedback") and response.status_code >= 400:
+    if (
+        case.method == "POST"
+        and case.path in ("/predict", "/predict_batch", "/feedback")
+        and response.status_code >= 400
+    ):
         body = response.json()
         assert isinstance(body.get("error"), str) and body["detail"], body

@@ -23,22 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
 from mmfuse.inference import registry
+from mmfuse.inference.log import LOG_ENV
 from mmfuse.models.artifact import save_artifact
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
-from mmfuse.params.train import ArchParams, EncoderParams
 from mmfuse.params.preprocess import AudioParams, ImageParams, PreprocessParams, TextParams
+from mmfuse.params.train import ArchParams, EncoderParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary
 from mmfuse.serving.auth import TOKEN_ENV
-from mmfuse.inference.log import LOG_ENV
 from mmfuse.serving.service import MMFuse
 
 LABELS = ("zero", "one", "two")
@@ -50,9 +50,14 @@ PREPROCESS = PreprocessParams(
     text=TextParams(max_chars=100, max_len=12),
 )
 ARCH = ArchParams(
-    embed_dim=8, token_dim=4, fusion_hidden=8, lmf_rank=2,
-    image=EncoderParams(channels=[4]), audio=EncoderParams(channels=[4]), text=EncoderParams(channels=[4]),
-)  # fmt: skip
+    embed_dim=8,
+    token_dim=4,
+    fusion_hidden=8,
+    lmf_rank=2,
+    image=EncoderParams(channels=[4]),
+    audio=EncoderParams(channels=[4]),
+    text=EncoderParams(channels=[4]),
+)
 
 
 def tiny_state() -> PreprocessState:
@@ -73,9 +78,13 @@ def build_artifact(out_dir: Path, modalities: tuple[str, ...] = ("image", "audio
     shapes = state.shapes()
     torch.manual_seed(0)
     spec = ModelSpec(
-        modalities=modalities, fusion="gated", n_classes=len(LABELS),
-        shapes={m: shapes[m] for m in modalities}, vocab_size=len(state.vocab.tokens), arch=ARCH,
-    )  # fmt: skip
+        modalities=modalities,
+        fusion="gated",
+        n_classes=len(LABELS),
+        shapes={m: shapes[m] for m in modalities},
+        vocab_size=len(state.vocab.tokens),
+        arch=ARCH,
+    )
     model = MultimodalClassifier(spec).eval()
     config = {"labels": list(LABELS), "preprocessing": {"format": "test", **state.to_dict()}}
     save_artifact(out_dir, model, config, {"accuracy": 0.0})
@@ -162,9 +171,16 @@ def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     log_file = workdir / f"server-{port}.log"
     command = [
-        sys.executable, "-m", "bentoml", "serve", "mmfuse.serving.service:MMFuse",
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "mmfuse.serving.service:MMFuse",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log_file, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log_file)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
-from synthetic_data import IMAGE, MELS, FRAMES, N_CLASSES, TEXT_LEN, make_split
+from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, make_split
 
 from mmfuse.params.train import ArchParams, AugmentParams, EncoderParams, TrainParams
 
@@ -35,9 +35,19 @@ def tiny_params() -> TrainParams:
     """Small and fast, but the same code path as the real configuration."""
     return TrainParams(
         arch=ArchParams(
-            embed_dim=16, token_dim=8, fusion_hidden=16, lmf_rank=2,
-            image=EncoderParams(channels=[8, 8]), audio=EncoderParams(channels=[16, 16]), text=EncoderParams(channels=[16]),
+            embed_dim=16,
+            token_dim=8,
+            fusion_hidden=16,
+            lmf_rank=2,
+            image=EncoderParams(channels=[8, 8]),
+            audio=EncoderParams(channels=[16, 16]),
+            text=EncoderParams(channels=[16]),
         ),
-        epochs=4, patience=10, batch_size=32, eval_batch_size=50, lr=1e-2, threads=1,
+        epochs=4,
+        patience=10,
+        batch_size=32,
+        eval_batch_size=50,
+        lr=1e-2,
+        threads=1,
         augment=AugmentParams(time_shift=2, time_mask=3, freq_mask=1),
-    )  # fmt: skip
+    )

@@ -24,7 +24,9 @@ def make_split(count: int, seed: int) -> dict[str, torch.Tensor]:
     text = torch.zeros(count, TEXT_LEN, dtype=torch.int64)
     informative = torch.rand(count, generator=gen) < 0.7
     position = torch.randint(0, TEXT_LEN, (count,), generator=gen)
-    text[torch.arange(count), position] = torch.where(informative, label + 2, torch.randint(2, VOCAB, (count,), generator=gen))
+    text[torch.arange(count), position] = torch.where(
+        informative, label + 2, torch.randint(2, VOCAB, (count,), generator=gen)
+    )
     mask = torch.ones(count, 3, dtype=torch.bool)
     mask[::7, 2] = False  # some samples lack text, as in avdigits (empty transcripts)
     return {"image": image, "audio": audio, "text": text, "mask": mask, "label": label}

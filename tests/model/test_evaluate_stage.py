@@ -10,23 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from train_helpers import run_training
 
-from mmfuse.evaluation.scoring import score_artifact
-from mmfuse.stages.evaluate import run as run_evaluation
-from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.evaluation.predict import embeddings
+from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
-from mmfuse.params.train import TrainParams
+from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.params.preprocess import PreprocessParams
+from mmfuse.params.train import TrainParams
 from mmfuse.preprocess.build import build_processed
-from train_helpers import run_training
+from mmfuse.stages.evaluate import run as run_evaluation
 
 PARAMS = EvaluateParams(latency_batch=8, latency_repeats=2)
 STABLE = (
-    "metrics/evaluate.json", "models/calibration.json", "plots/confusion.csv", "plots/robustness.csv",
-    "plots/reliability.csv", "plots/subsets.csv", "reports/details.json", "reports/summary.md",
-)  # fmt: skip
+    "metrics/evaluate.json",
+    "models/calibration.json",
+    "plots/confusion.csv",
+    "plots/robustness.csv",
+    "plots/reliability.csv",
+    "plots/subsets.csv",
+    "reports/details.json",
+    "reports/summary.md",
+)
 VARYING = ("reports/index.html", "reports/complexity.json")
 
 
@@ -49,11 +55,16 @@ def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.
 def _evaluate(project: tuple[Path, Path], out: Path) -> dict:
     root, manifest = project
     return run_evaluation(
-        processed=root / "processed", raw_manifest=manifest, models=root / "models", params=PARAMS,
-        reports=out / "reports", plots=out / "plots", metrics=out / "metrics" / "evaluate.json",
+        processed=root / "processed",
+        raw_manifest=manifest,
+        models=root / "models",
+        params=PARAMS,
+        reports=out / "reports",
+        plots=out / "plots",
+        metrics=out / "metrics" / "evaluate.json",
         calibration=out / "models" / "calibration.json",
         train_metrics=[root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +87,27 @@ def test_writes_every_output_and_the_stable_ones_byte_identical(runs) -> None:
 def test_metrics_cover_models_subsets_robustness_speakers_and_calibration(runs) -> None:
     first, _, metrics = runs
     assert json.loads((first / "metrics/evaluate.json").read_text()) == metrics
-    for key in ("fused_accuracy", "fusion_gain_points", "worst_subset_gap_points", "macro_f1", "ece_before", "ece_after"):
+    for key in (
+        "fused_accuracy",
+        "fusion_gain_points",
+        "worst_subset_gap_points",
+        "macro_f1",
+        "ece_before",
+        "ece_after",
+    ):
         assert isinstance(metrics[key], float), key
     assert metrics["fused_accuracy"] == metrics["models"]["fused"]["accuracy"] > 50  # 4 classes: chance is 25 %
     assert len(metrics["subsets"]) == 7
-    assert set(metrics["models"]) == {"fused", "late_fusion", "image", "audio", "text", "image+audio", "image+text", "audio+text"}
+    assert set(metrics["models"]) == {
+        "fused",
+        "late_fusion",
+        "image",
+        "audio",
+        "text",
+        "image+audio",
+        "image+text",
+        "audio+text",
+    }
     assert metrics["models"]["text"]["count"] == 16  # a third of the 24 test samples have no text
     assert set(metrics["robustness"]) == {"image_noise", "image_blur", "image_occlusion", "audio_snr", "text_typos"}
     assert set(metrics["robustness"]["audio_snr"]) == {"fused", "late_fusion", "audio"}
@@ -122,7 +149,10 @@ def test_re_encoding_one_modality_matches_a_full_forward(project) -> None:
     root, _ = project
     model, _ = load_model(root / "models" / "candidate")
     tensors = load_split(root / "processed", "test").tensors
-    noisy = {**tensors, "audio": tensors["audio"] + torch.randn(tensors["audio"].shape, generator=torch.Generator().manual_seed(0))}
+    noisy = {
+        **tensors,
+        "audio": tensors["audio"] + torch.randn(tensors["audio"].shape, generator=torch.Generator().manual_seed(0)),
+    }
     present = model.presence(tensors)
     only = torch.zeros_like(present)
     only[:, 1] = present[:, 1]

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, VOCAB, make_split
 
+from mmfuse.modality import MODALITIES
 from mmfuse.models.augment import augment_audio
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, nonempty_subsets
 from mmfuse.models.encoders import UtteranceNorm
-from mmfuse.modality import MODALITIES
-from mmfuse.params.train import AugmentParams, FUSIONS
+from mmfuse.params.train import FUSIONS, AugmentParams
 from mmfuse.training.losses import drop_modalities
-
-from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, VOCAB, make_split
 
 
 def _model(fusion: str, params, modalities=MODALITIES) -> MultimodalClassifier:
     torch.manual_seed(0)
     spec = ModelSpec(
-        modalities=modalities, fusion=fusion, n_classes=N_CLASSES, vocab_size=VOCAB, arch=params.arch,
+        modalities=modalities,
+        fusion=fusion,
+        n_classes=N_CLASSES,
+        vocab_size=VOCAB,
+        arch=params.arch,
         shapes={"image": [1, IMAGE, IMAGE], "audio": [MELS, FRAMES], "text": [TEXT_LEN]},
-    )  # fmt: skip
+    )
     return MultimodalClassifier(spec).eval()
 
 
@@ -33,7 +36,9 @@ def test_any_subset_ignores_the_content_of_absent_modalities(fusion: str, tiny_p
         for subset in nonempty_subsets(MODALITIES):
             mask = torch.tensor([m in subset for m in MODALITIES]).expand(12, 3).clone()
             scrambled = {m: (batch if m in subset else other)[m] for m in MODALITIES}
-            scrambled["image"] = scrambled["image"] if "image" in subset else torch.full_like(batch["image"], float("nan"))
+            scrambled["image"] = (
+                scrambled["image"] if "image" in subset else torch.full_like(batch["image"], float("nan"))
+            )
             reference = model({**batch, "mask": mask})
             assert torch.isfinite(reference).all()
             assert torch.equal(model({**scrambled, "mask": mask}), reference), subset
@@ -46,7 +51,9 @@ def test_one_sample_and_mixed_subsets_in_one_batch(fusion: str, tiny_params) -> 
     """Per-sample masks: each row's output equals that row run alone (serving sends one sample)."""
     model = _model(fusion, tiny_params)
     batch = make_split(7, seed=3)
-    batch["mask"] = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    batch["mask"] = torch.tensor(
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=torch.bool
+    )
     with torch.no_grad():
         together = model(batch)
         alone = torch.cat([model({k: v[i : i + 1] for k, v in batch.items()}) for i in range(7)])

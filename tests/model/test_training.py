@@ -11,31 +11,39 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import run_training
 
-from mmfuse.params import load_params
 from mmfuse.errors import ConfigError, MMFuseError
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.models.data import load_split
 from mmfuse.modality import MODALITIES
-from mmfuse.params.train import TrainParams
 from mmfuse.models.artifact import load_model
+from mmfuse.models.data import load_split
+from mmfuse.params import load_params
+from mmfuse.params.train import TrainParams
 from mmfuse.training.checkpoints import CHECKPOINT
 from mmfuse.training.jobs import train_model
-from train_helpers import run_training
 
 ARTIFACT_FILES = ("model.safetensors", "config.json", "metrics.json")
 
 
-def _train(processed: Path, root: Path, params: TrainParams, fusion: str = "late", modalities=MODALITIES, **kwargs) -> dict:
-    return train_model(processed, root / "model", params, modalities, fusion, root / "ckpt", root / "curve.csv", **kwargs)
+def _train(
+    processed: Path, root: Path, params: TrainParams, fusion: str = "late", modalities=MODALITIES, **kwargs
+) -> dict:
+    return train_model(
+        processed, root / "model", params, modalities, fusion, root / "ckpt", root / "curve.csv", **kwargs
+    )
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {name: (root / "model" / name).read_bytes() for name in ARTIFACT_FILES} | {"curve": (root / "curve.csv").read_bytes()}
+    return {name: (root / "model" / name).read_bytes() for name in ARTIFACT_FILES} | {
+        "curve": (root / "curve.csv").read_bytes()
+    }
 
 
 @pytest.fixture(scope="module")
-def reference(processed_dir: Path, tiny_params: TrainParams, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def reference(
+    processed_dir: Path, tiny_params: TrainParams, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
     """One uninterrupted training of the full model, shared by the determinism and resume tests."""
     root = tmp_path_factory.mktemp("reference")
     return root, _train(processed_dir, root, tiny_params)
@@ -139,7 +147,9 @@ def test_unknown_fusion_is_a_clear_config_error(processed_dir, tiny_params, tmp_
 
 def test_the_fusion_part_asks_for_the_unimodal_models_first(processed_dir, tiny_params, tmp_path) -> None:
     with pytest.raises(MMFuseError, match="dvc repro train_unimodal"):
-        run_training(processed_dir, tmp_path / "models", tiny_params, tmp_path / "plots", tmp_path / "metrics", ("fusion",))
+        run_training(
+            processed_dir, tmp_path / "models", tiny_params, tmp_path / "plots", tmp_path / "metrics", ("fusion",)
+        )
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "models" / "baselines").exists()
 
 
@@ -149,10 +159,16 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
     parts = {"unimodal": ["image", "audio", "text"], "fusion": ["image+audio", "image+text", "audio+text"]}
     assert sorted(summary["baselines"]) == sorted(parts["unimodal"] + parts["fusion"])
     for part, names in parts.items():
-        assert sorted(json.loads((tmp_path / "metrics" / f"train_{part}.json").read_text())["baselines"]) == sorted(names)
+        assert sorted(json.loads((tmp_path / "metrics" / f"train_{part}.json").read_text())["baselines"]) == sorted(
+            names
+        )
         for name in names:
             assert all((tmp_path / "models" / "baselines" / name / f).exists() for f in ARTIFACT_FILES)
-            assert (tmp_path / "plots" / part / f"{name}.csv").read_text().startswith("epoch,lr,train_loss,val_loss,val_accuracy")
+            assert (
+                (tmp_path / "plots" / part / f"{name}.csv")
+                .read_text()
+                .startswith("epoch,lr,train_loss,val_loss,val_accuracy")
+            )
     assert json.loads((tmp_path / "metrics" / "train_fusion.json").read_text())["candidate"]["fusion"] == "gated"
     assert "candidate" not in json.loads((tmp_path / "metrics" / "train_unimodal.json").read_text())
     # staged training: the pairs and the fusion model carry the unimodal encoders, untouched
@@ -163,18 +179,30 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
             assert torch.equal(fused.encoders[m].state_dict()[key], value), (m, key)
     before = (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes()
     run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics")
-    assert (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes() == before  # finished models are reused
+    assert (
+        tmp_path / "models" / "candidate" / "model.safetensors"
+    ).read_bytes() == before  # finished models are reused
     # a fusion experiment reuses the unimodal stage: fusion knobs reach neither its weights nor its configs
     other = tmp_path / "other"
     fusion_only = params.model_copy(update={"fusion": "concat", "head_epochs": 1, "modality_dropout": 0.0})
     run_training(processed_dir, other / "models", fusion_only, other / "plots", other / "metrics", ("unimodal",))
     for m in MODALITIES:
         for name in ARTIFACT_FILES:
-            assert (other / "models" / "baselines" / m / name).read_bytes() == (tmp_path / "models" / "baselines" / m / name).read_bytes()
+            assert (other / "models" / "baselines" / m / name).read_bytes() == (
+                tmp_path / "models" / "baselines" / m / name
+            ).read_bytes()
         assert "fusion" not in load_model(other / "models" / "baselines" / m)[1]["train"]
 
     report = evaluate_subsets(load_models(tmp_path / "models")[0], load_split(processed_dir, "test"))
-    assert set(report["subsets"]) == {"image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text"}
+    assert set(report["subsets"]) == {
+        "image",
+        "audio",
+        "text",
+        "image+audio",
+        "image+text",
+        "audio+text",
+        "image+audio+text",
+    }
     assert report["fused_accuracy"] == report["subsets"]["image+audio+text"]["fused"]
     gaps = [v["gap_points"] for k, v in report["subsets"].items() if k != "image+audio+text"]
     assert report["worst_subset_gap_points"] == max(gaps)

@@ -16,9 +16,13 @@ def run_training(
     merged: dict[str, Any] = {"baselines": {}}
     for part in parts:
         summary = train_part(
-            part, processed=processed, models=models, params=params,
-            curves=Path(curves) / part, metrics=Path(metrics) / f"train_{part}.json",
-        )  # fmt: skip
+            part,
+            processed=processed,
+            models=models,
+            params=params,
+            curves=Path(curves) / part,
+            metrics=Path(metrics) / f"train_{part}.json",
+        )
         merged["baselines"].update(summary["baselines"])
         merged.update({"candidate": summary["candidate"]} if "candidate" in summary else {})
     return merged

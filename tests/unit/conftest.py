@@ -90,7 +90,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             rng = np.random.default_rng(clip_seed)
             wave = np.concatenate([np.zeros(800), _tone(300 + 40 * clip_seed, 0.3, 8000), np.zeros(400)])
             sf.write(root / audio, wave + rng.normal(0, 0.01, wave.shape), 8000, subtype="PCM_16")
-        rows.append({"sample_id": sample_id, "label": str(label), "split": split, "image": image, "audio": audio, "text": text})
+        rows.append(
+            {"sample_id": sample_id, "label": str(label), "split": split, "image": image, "audio": audio, "text": text}
+        )
 
     words = ["zero", "one", "two", "three"]
     for k in range(14):

@@ -31,41 +31,75 @@ def synthetic_results(labels_count: int = 3, with_speakers: bool = True) -> dict
     model = {"modalities": ["image", "audio", "text"], **classification_metrics(test_labels, predicted, names)}
     unimodal = {"modalities": ["image"], **classification_metrics(test_labels, np.roll(predicted, 1), names)}
     fused_curve, reference = [90.0, 85.0, 70.0], [88.0, 80.0, 60.0]
-    subsets = {"image": {"fused": 60.0, "dedicated": 61.0, "gap_points": 1.0}, "image+audio+text": {"fused": 90.0, "dedicated": 90.0, "gap_points": 0.0}}
+    subsets = {
+        "image": {"fused": 60.0, "dedicated": 61.0, "gap_points": 1.0},
+        "image+audio+text": {"fused": 90.0, "dedicated": 90.0, "gap_points": 0.0},
+    }
     return {
         "split": "test",
         "fusion": "late",
         "labels": names,
         "headline": {
-            "fused_accuracy": 90.0, "fusion_gain_points": 5.0, "worst_subset_gap_points": 1.0, "macro_f1": model["macro_f1"],
-            "late_fusion_accuracy": 88.0, "ece_before": 0.1, "ece_after": 0.02, "temperature": 1.5,
+            "fused_accuracy": 90.0,
+            "fusion_gain_points": 5.0,
+            "worst_subset_gap_points": 1.0,
+            "macro_f1": model["macro_f1"],
+            "late_fusion_accuracy": 88.0,
+            "ece_before": 0.1,
+            "ece_after": 0.02,
+            "temperature": 1.5,
         },
         "subsets": subsets,
         "models": {"fused": model, "image": unimodal},
         "calibration": calibrate(val_logits * 3, val_labels, test_logits * 3, test_labels, 10),
         "robustness": {
             "image_noise": {
-                "modality": "image", "unit": "pixel noise std", "levels": [None, 0.1, 0.2],
+                "modality": "image",
+                "unit": "pixel noise std",
+                "levels": [None, 0.1, 0.2],
                 "accuracy": {"fused": fused_curve, "late_fusion": reference, "image": [60.0, 40.0, 20.0]},
                 "summary": {
-                    "fused": {"relative": relative_robustness(fused_curve), "effective": effective_robustness(fused_curve, reference)},
+                    "fused": {
+                        "relative": relative_robustness(fused_curve),
+                        "effective": effective_robustness(fused_curve, reference),
+                    },
                     "late_fusion": {"relative": relative_robustness(reference), "effective": 0.0},
                     "image": {"relative": 40.0, "effective": -3.0},
                 },
             }
         },
         "speakers": {
-            "alice": {"count": 10, "accuracy": {"fused": 70.0, "image": 80.0, "audio": 50.0, "text": 40.0}, "best_single": "image", "fusion_worse": True},
-            "bob": {"count": 12, "accuracy": {"fused": 90.0, "image": 80.0, "audio": 50.0, "text": 40.0}, "best_single": "image", "fusion_worse": False},
+            "alice": {
+                "count": 10,
+                "accuracy": {"fused": 70.0, "image": 80.0, "audio": 50.0, "text": 40.0},
+                "best_single": "image",
+                "fusion_worse": True,
+            },
+            "bob": {
+                "count": 12,
+                "accuracy": {"fused": 90.0, "image": 80.0, "audio": 50.0, "text": 40.0},
+                "best_single": "image",
+                "fusion_worse": False,
+            },
         }
         if with_speakers
         else {},
-        "parameters": {"fused": {"parameters": 1000, "weights_mib": 0.004}, "image": {"parameters": 400, "weights_mib": 0.002}},
-    }  # fmt: skip
+        "parameters": {
+            "fused": {"parameters": 1000, "weights_mib": 0.004},
+            "image": {"parameters": 400, "weights_mib": 0.002},
+        },
+    }
 
 
 def synthetic_measurements() -> dict[str, Any]:
-    timing = {"per_sample_ms": 1.0, "per_batch_ms": 10.0, "batch_size": 256, "peak_inference_mib": 3.0, "train_seconds": None, "threads": 2}
+    timing = {
+        "per_sample_ms": 1.0,
+        "per_batch_ms": 10.0,
+        "batch_size": 256,
+        "peak_inference_mib": 3.0,
+        "train_seconds": None,
+        "threads": 2,
+    }
     return {"models": {"fused": timing, "image": timing}, "process_peak_rss_mib": 300.0}
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmfuse.params import Params, load_params
 from mmfuse.errors import ConfigError
+from mmfuse.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,11 @@ def test_omegaconf_missing_marker_is_refused_naming_the_key(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("train: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "mapping of sections"), ("train:\n  epochs: 0\n", "train.epochs")],
+    [
+        ("train: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "mapping of sections"),
+        ("train:\n  epochs: 0\n", "train.epochs"),
+    ],
 )
 def test_bad_params_files_fail_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "params.yaml"
@@ -56,8 +60,14 @@ def test_dvc_rewrites_params_yaml_without_changing_a_line(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda raw: raw.__setitem__("preproces", raw.pop("preprocess")), r"unknown section 'preproces'; known: data, validate, train, preprocess"),
-        (lambda raw: raw["train"]["arch"].__setitem__("embed_dimm", 8), r"unknown key 'train\.arch\.embed_dimm'; known: embed_dim, token_dim"),
+        (
+            lambda raw: raw.__setitem__("preproces", raw.pop("preprocess")),
+            r"unknown section 'preproces'; known: data, validate, train, preprocess",
+        ),
+        (
+            lambda raw: raw["train"]["arch"].__setitem__("embed_dimm", 8),
+            r"unknown key 'train\.arch\.embed_dimm'; known: embed_dim, token_dim",
+        ),
         (lambda raw: raw["serve"].__setitem__("worker", 2), r"unknown key 'serve\.worker'; known: workers, threads"),
     ],
 )

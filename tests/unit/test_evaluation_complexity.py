@@ -39,7 +39,9 @@ def test_latency_reports_medians_for_one_sample_and_one_batch() -> None:
 def test_training_times_come_from_both_train_stages_metrics(tmp_path: Path) -> None:
     unimodal, fusion = tmp_path / "train_unimodal.json", tmp_path / "train_fusion.json"
     unimodal.write_text(json.dumps({"baselines": {"image": {"train_seconds": 3.0}}}))
-    fusion.write_text(json.dumps({"candidate": {"train_seconds": 12.5}, "baselines": {"image+text": {"train_seconds": 1.5}}}))
+    fusion.write_text(
+        json.dumps({"candidate": {"train_seconds": 12.5}, "baselines": {"image+text": {"train_seconds": 1.5}}})
+    )
     assert training_seconds([unimodal, fusion]) == {"fused": 12.5, "image": 3.0, "image+text": 1.5}
     assert training_seconds([unimodal, tmp_path / "missing.json"]) == {"image": 3.0}
     assert training_seconds([]) == {}

@@ -19,8 +19,8 @@ from mmfuse.evaluation.corruption import (
     corruption_rng,
     split_rows,
 )
-from mmfuse.params.evaluate import EvaluateParams, RobustnessParams
 from mmfuse.models.data import load_split
+from mmfuse.params.evaluate import EvaluateParams, RobustnessParams
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.build import build_processed
 from mmfuse.preprocess.state import PreprocessState
@@ -60,7 +60,9 @@ def test_corruption_is_seeded_and_grows_with_the_level(prepared, name: str) -> N
     clean = tensors[corruption.modality]
 
     def distance(noisy: torch.Tensor) -> float:  # token ids are categories: count changes, not gaps
-        return float((noisy != clean).double().mean() if noisy.dtype == torch.int64 else (noisy - clean).abs().double().mean())
+        return float(
+            (noisy != clean).double().mean() if noisy.dtype == torch.int64 else (noisy - clean).abs().double().mean()
+        )
 
     assert 0 < distance(make(low)) < distance(make(high))
     if name != "image_blur":  # blur draws no randomness

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfuse.inference.log import InferenceLog, LOG_ENV, LogRecord, STAT_COLUMNS, input_statistics, log_path, read_log
+from mmfuse.inference.log import LOG_ENV, STAT_COLUMNS, InferenceLog, LogRecord, input_statistics, log_path, read_log
 
 
 def record(request_id: str, ts: float | None = None, prediction: str = "one") -> LogRecord:
@@ -31,7 +31,9 @@ def record(request_id: str, ts: float | None = None, prediction: str = "one") ->
                 "text": torch.tensor([4, 5, 1, 0]),
                 "mask": torch.tensor([True, False, True]),
             },
-            image_bytes=100, audio_bytes=None, text_chars=3,
+            image_bytes=100,
+            audio_bytes=None,
+            text_chars=3,
         ),
         embedding=np.arange(6, dtype=np.float32),
         prediction=prediction,
@@ -60,7 +62,9 @@ def test_records_round_trip_through_the_reader(log):
     assert row["text_chars"] == 3 and row["text_tokens"] == 3 and row["text_unk_share"] == pytest.approx(1 / 3)
     assert np.isnan(row["audio_bytes"]) and np.isnan(row["audio_mean"])
     assert row["embedding"].dtype == np.float32 and row["embedding"].tolist() == list(range(6))
-    assert row["probabilities"] == {"zero": 0.25, "one": 0.75} and row["prediction"] == "one" and row["confidence"] == 0.75
+    assert (
+        row["probabilities"] == {"zero": 0.25, "one": 0.75} and row["prediction"] == "one" and row["confidence"] == 0.75
+    )
     assert str(frame["time"].dtype) == "datetime64[ns, UTC]"
     assert row["true_label"] is None and frame["feedback_time"].isna().all()
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord
 from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
-from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import read_reference, write_reference
 from mmfuse.monitoring.state import load_state
-from mmfuse.inference.log import InferenceLog, LogRecord, STAT_COLUMNS
+from mmfuse.params.monitor import MonitorParams
 
 LABELS = ("zero", "one", "two")
 DIM = 24  # 3 modalities x embed_dim 8, as the tiny service model
@@ -35,19 +35,25 @@ def draw(n: int, seed: int, shift: float = 0.0, accuracy: float = 0.9) -> dict[s
     wrong = rng.random(n) > accuracy
     prediction = np.where(wrong, rng.choice(LABELS, n), truth)
     stats = {
-        "image_bytes": rng.normal(600, 50, n), "audio_bytes": rng.normal(16000, 500, n) * (1 + 0.2 * shift),
-        "text_chars": rng.integers(3, 20, n).astype(float), "image_mean": rng.normal(0, 1, n),
-        "image_std": rng.normal(1, 0.1, n), "audio_mean": rng.normal(0, 1, n) + shift,
-        "audio_std": rng.normal(1, 0.1, n) * (1 + shift), "text_tokens": rng.integers(3, 20, n).astype(float),
+        "image_bytes": rng.normal(600, 50, n),
+        "audio_bytes": rng.normal(16000, 500, n) * (1 + 0.2 * shift),
+        "text_chars": rng.integers(3, 20, n).astype(float),
+        "image_mean": rng.normal(0, 1, n),
+        "image_std": rng.normal(1, 0.1, n),
+        "audio_mean": rng.normal(0, 1, n) + shift,
+        "audio_std": rng.normal(1, 0.1, n) * (1 + shift),
+        "text_tokens": rng.integers(3, 20, n).astype(float),
         "text_unk_share": rng.uniform(0, 0.1, n),
-    }  # fmt: skip
+    }
     embedding = rng.normal(0, 1, (n, DIM)).astype(np.float32) + np.float32(shift)
     return {"truth": truth, "prediction": prediction, "stats": stats, "embedding": embedding}
 
 
 def reference_file(path: Path) -> Path:
     d = draw(300, seed=1)
-    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(300)], "has_image": True, "has_audio": True, "has_text": True})
+    frame = pd.DataFrame(
+        {"sample_id": [f"s{i}" for i in range(300)], "has_image": True, "has_audio": True, "has_text": True}
+    )
     for name in STAT_COLUMNS:
         frame[name] = d["stats"][name]
     frame["embedding"] = list(d["embedding"])
@@ -56,20 +62,29 @@ def reference_file(path: Path) -> Path:
     return path
 
 
-def log_traffic(log: Path, n: int, seed: int, start: datetime, shift: float = 0.0, accuracy: float = 0.9,
-                feedback: bool = False) -> None:  # fmt: skip
+def log_traffic(
+    log: Path, n: int, seed: int, start: datetime, shift: float = 0.0, accuracy: float = 0.9, feedback: bool = False
+) -> None:
     """Write n requests with the real writer, then feedback (the true label) for each if asked."""
     d = draw(n, seed, shift, accuracy)
     writer = InferenceLog(log, max_rows=100_000, queue_size=10_000)
     ids = [uuid.uuid4().hex for _ in range(n)]
     for i, request_id in enumerate(ids):
-        writer.record(LogRecord(
-            request_id=request_id, ts=(start + timedelta(seconds=i)).timestamp(), endpoint="predict",
-            model_version="mmfuse:test", present=(True, True, True),
-            stats={name: float(d["stats"][name][i]) for name in STAT_COLUMNS}, embedding=d["embedding"][i],
-            prediction=str(d["prediction"][i]), confidence=0.8,
-            probabilities={label: 0.8 if label == d["prediction"][i] else 0.1 for label in LABELS}, latency_ms=3.0,
-        ))  # fmt: skip
+        writer.record(
+            LogRecord(
+                request_id=request_id,
+                ts=(start + timedelta(seconds=i)).timestamp(),
+                endpoint="predict",
+                model_version="mmfuse:test",
+                present=(True, True, True),
+                stats={name: float(d["stats"][name][i]) for name in STAT_COLUMNS},
+                embedding=d["embedding"][i],
+                prediction=str(d["prediction"][i]),
+                confidence=0.8,
+                probabilities={label: 0.8 if label == d["prediction"][i] else 0.1 for label in LABELS},
+                latency_ms=3.0,
+            )
+        )
     writer.flush()
     if feedback:
         for i, request_id in enumerate(ids):
@@ -157,7 +172,10 @@ def test_a_failed_trigger_keeps_the_check_and_is_retried_on_the_next_drifted_win
     log_traffic(log, 120, seed=4, start=T0, shift=1.5)
     first = check(project, log, ref, trigger, T0 + timedelta(hours=1))
     assert first.status == "drift" and first.triggered is None and "not registered" in first.summary["trigger_error"]
-    assert json.loads((project / PARAMS.reports_dir / "latest.json").read_text())["trigger_error"] == first.summary["trigger_error"]
+    assert (
+        json.loads((project / PARAMS.reports_dir / "latest.json").read_text())["trigger_error"]
+        == first.summary["trigger_error"]
+    )
     assert "Retraining was not started" in summary_markdown(first)
     assert not load_state(project / PARAMS.state_path).drifted  # no trigger went out: the episode is still open
     log_traffic(log, 120, seed=5, start=T0 + timedelta(hours=1, seconds=1), shift=1.5)

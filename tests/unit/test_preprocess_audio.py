@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mmfuse.errors import ConfigError, MediaError
+from mmfuse.params.preprocess import AudioParams
 from mmfuse.preprocess.audio import (
     audio_features,
     decode_audio,
@@ -17,7 +18,6 @@ from mmfuse.preprocess.audio import (
     stft,
     voice_bounds,
 )
-from mmfuse.params.preprocess import AudioParams
 
 RATE = 8000
 
@@ -64,7 +64,9 @@ def test_stft_inverts_exactly():
     np.testing.assert_allclose(back, wave, atol=1e-5)
 
 
-@pytest.mark.parametrize(("rate", "target"), [(16000, 8000), (22050, 8000), (44100, 8000), (48000, 8000), (8000, 16000)])
+@pytest.mark.parametrize(
+    ("rate", "target"), [(16000, 8000), (22050, 8000), (44100, 8000), (48000, 8000), (8000, 16000)]
+)
 def test_resampling_preserves_a_tone_frequency(make_tone, rate, target):
     out = resample(make_tone(1000, 1.0, rate), rate, target)
     assert len(out) == target
@@ -108,7 +110,10 @@ def test_too_many_mel_bands_for_the_fft_is_a_config_error():
     [
         (lambda wav: b"", "audio: the payload is empty"),
         (lambda wav: wav(np.zeros(0, dtype=np.float32)), "audio: the file holds 0 samples"),
-        (lambda wav: wav(np.array([0.1, np.nan, 0.2], dtype=np.float32), subtype="FLOAT"), "audio: 1 of 3 samples are NaN"),
+        (
+            lambda wav: wav(np.array([0.1, np.nan, 0.2], dtype=np.float32), subtype="FLOAT"),
+            "audio: 1 of 3 samples are NaN",
+        ),
         (lambda wav: wav(np.zeros(11 * 8000, dtype=np.float32)), "audio: 11.0 s is longer than the limit"),
         (lambda wav: wav(np.zeros(400, dtype=np.float32), rate=4000), "audio: sample rate 4000 Hz is outside"),
         (lambda wav: b"RIFF\x00\x00\x00\x00WAVEnot really", "audio: the bytes are not a readable WAV"),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams, TextParams
 from mmfuse.preprocess.audio import log_mel
 from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
 from mmfuse.preprocess.image import decode_image
-from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams, TextParams
 from mmfuse.preprocess.text import normalise_text
 
 GRID = DedupParams().grid
@@ -46,7 +46,9 @@ def grey(make_digit):
 @pytest.fixture
 def clip(make_tone):
     def _clip(freq: float) -> np.ndarray:
-        wave = np.concatenate([np.zeros(800, dtype=np.float32), make_tone(freq, 0.3, 8000), np.zeros(400, dtype=np.float32)])
+        wave = np.concatenate(
+            [np.zeros(800, dtype=np.float32), make_tone(freq, 0.3, 8000), np.zeros(400, dtype=np.float32)]
+        )
         return wave + np.random.default_rng(int(freq)).normal(0, 0.01, wave.shape).astype(np.float32)
 
     return _clip

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from mmfuse.errors import MediaError
-from mmfuse.preprocess.image import decode_image, denoise, image_features
 from mmfuse.params.preprocess import ImageParams
+from mmfuse.preprocess.image import decode_image, denoise, image_features
 
 
 def test_grey_png_at_the_output_size_is_only_scaled(make_image, make_digit):
@@ -22,7 +22,9 @@ def test_grey_png_at_the_output_size_is_only_scaled(make_image, make_digit):
 def test_colour_and_any_size_become_grey_at_the_fixed_size(make_image, make_digit, fmt):
     grey = np.asarray(Image.fromarray(make_digit(5)).resize((90, 64)))
     colour = np.stack([grey, grey, grey], axis=2)
-    features = image_features(make_image(colour, fmt, quality=95) if fmt == "JPEG" else make_image(colour), ImageParams())
+    features = image_features(
+        make_image(colour, fmt, quality=95) if fmt == "JPEG" else make_image(colour), ImageParams()
+    )
     assert features.shape == (28, 28)
     assert 0.0 <= features.min() and features.max() <= 1.0
     reference = image_features(make_image(make_digit(5)), ImageParams())

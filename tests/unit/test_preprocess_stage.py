@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.params.preprocess import PreprocessParams
-from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.build import build_processed, media_path
+from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
 PARAMS = PreprocessParams(chunk_size=5)  # several chunks, so results are reassembled across workers
@@ -35,7 +35,11 @@ def sample_ids(path: Path) -> list[str]:
 
 def test_writes_the_contract_files_with_the_declared_shapes(processed):
     assert sorted(p.name for p in processed.iterdir()) == [
-        "dedup_report.json", "meta.json", "test.safetensors", "train.safetensors", "val.safetensors",
+        "dedup_report.json",
+        "meta.json",
+        "test.safetensors",
+        "train.safetensors",
+        "val.safetensors",
     ]
     meta = json.loads((processed / "meta.json").read_text())
     assert meta["labels"] == ["0", "1", "2", "3"]
@@ -57,7 +61,9 @@ def test_train_is_deduplicated_and_leakage_removed_with_reasons(processed):
     assert set(removed) == {"t-dup", "t-leak"}
     assert removed["t-dup"]["reason"] == "duplicate record within train" and removed["t-dup"]["other_id"] == "t-00"
     assert (removed["t-leak"]["modality"], removed["t-leak"]["match"], removed["t-leak"]["other_id"]) == (
-        "image", "exact", "v-00",
+        "image",
+        "exact",
+        "v-00",
     )
     kept = sample_ids(processed / "train.safetensors")
     assert "t-01" in kept and "t-02" in kept  # one clip, two images: legitimate

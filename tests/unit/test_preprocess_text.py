@@ -47,7 +47,11 @@ def test_a_100000_character_text_is_refused():
 def test_a_media_error_keeps_its_modality_through_pickling():
     """Errors cross process boundaries (worker pools); the modality must survive, and the printed line."""
     error = pickle.loads(pickle.dumps(MediaError("the payload is empty (0 bytes).", modality="text")))
-    assert (error.modality, error.message, str(error)) == ("text", "the payload is empty (0 bytes).", "text: the payload is empty (0 bytes).")
+    assert (error.modality, error.message, str(error)) == (
+        "text",
+        "the payload is empty (0 bytes).",
+        "text: the payload is empty (0 bytes).",
+    )
     summary = MediaError("2 record(s) cannot be preprocessed")  # about many records: no single modality
     assert summary.modality is None and str(summary) == "2 record(s) cannot be preprocessed"
 

@@ -70,11 +70,18 @@ def stage_inputs(tmp_path):
     return tmp_path, calibration, summary
 
 
-def run_promotion(candidate: Path, calibration: Path, validation: Path, scorer, params, decision: Path, reference: Path | None = None) -> dict:
+def run_promotion(
+    candidate: Path, calibration: Path, validation: Path, scorer, params, decision: Path, reference: Path | None = None
+) -> dict:
     return run(
-        candidate=candidate, calibration=calibration, validation=validation, decision=decision, params=params,
-        scorer=scorer, reference=reference,
-    )  # fmt: skip
+        candidate=candidate,
+        calibration=calibration,
+        validation=validation,
+        decision=decision,
+        params=params,
+        scorer=scorer,
+        reference=reference,
+    )
 
 
 def _candidate(folder: Path, weights: bytes) -> Path:
@@ -91,7 +98,9 @@ def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_input
 
     reference = tmp_path / "reference.parquet"
     reference.write_bytes(b"profile")
-    first = run_promotion(_candidate(tmp_path / "good", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference)
+    first = run_promotion(
+        _candidate(tmp_path / "good", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference
+    )
     assert first["verdict"] == "promote"
     champion = registry.champion()
     assert (Path(champion.path) / "reference.parquet").read_bytes() == b"profile"
@@ -100,7 +109,9 @@ def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_input
     assert champion.info.metadata["preprocessing"] == {"image": {"size": 28}}
 
     (Path(champion.path) / "config.json").write_text('{"name": "good"}')  # so the scorer knows it
-    second = run_promotion(_candidate(tmp_path / "worse", b"B"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json")
+    second = run_promotion(
+        _candidate(tmp_path / "worse", b"B"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json"
+    )
     assert second["verdict"] == "reject"
     assert second["failed_gates"] == ["beats_champion", "subset:image+audio+text"]
     assert str(registry.champion().tag) == first["promoted_tag"]
@@ -113,7 +124,9 @@ def test_stage_keeps_an_identical_challenger(stage_inputs):
     tmp_path, calibration, summary = stage_inputs
     scorer = lambda artifact: scores()  # noqa: E731
     run_promotion(_candidate(tmp_path / "a", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json")
-    again = run_promotion(_candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json")
+    again = run_promotion(
+        _candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json"
+    )
     assert again["verdict"] == "keep"
     assert len(registry.versions()) == 1
 
@@ -123,16 +136,24 @@ def test_the_same_weights_with_a_new_calibration_or_reference_become_a_new_versi
     scorer = lambda artifact: scores()  # noqa: E731
     reference = tmp_path / "reference.parquet"
     reference.write_bytes(b"profile of val")
-    first = run_promotion(_candidate(tmp_path / "a", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference)
+    first = run_promotion(
+        _candidate(tmp_path / "a", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json", reference
+    )
     reference.write_bytes(b"profile of test")  # e.g. monitor.reference_split changed, the model did not
-    refreshed = run_promotion(_candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json", reference)
+    refreshed = run_promotion(
+        _candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json", reference
+    )
     assert refreshed["verdict"] == "promote" and "new calibration or drift reference" in refreshed["detail"]
     assert refreshed["champion"] is None  # judged on the absolute gates only: the model is the same
     assert (Path(registry.champion().path) / "reference.parquet").read_bytes() == b"profile of test"
     calibration.write_text('{"temperature": 0.9}')
-    recalibrated = run_promotion(_candidate(tmp_path / "c", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d3.json", reference)
+    recalibrated = run_promotion(
+        _candidate(tmp_path / "c", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d3.json", reference
+    )
     assert recalibrated["verdict"] == "promote"
     assert json.loads((Path(registry.champion().path) / "calibration.json").read_text())["temperature"] == 0.9
-    again = run_promotion(_candidate(tmp_path / "d", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d4.json", reference)
+    again = run_promotion(
+        _candidate(tmp_path / "d", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d4.json", reference
+    )
     assert again["verdict"] == "keep"
     assert len(registry.versions()) == 3 and first["promoted_tag"] != recalibrated["promoted_tag"]

@@ -32,7 +32,13 @@ def test_fusion_stage_reads_all_train_params_and_the_unimodal_models() -> None:
 
 @pytest.mark.parametrize(
     "update",
-    [{"fusion": "gated"}, {"modality_dropout": 0.5}, {"aux_weight": 0.0}, {"pretrained_encoders": False}, {"head_epochs": 3}],
+    [
+        {"fusion": "gated"},
+        {"modality_dropout": 0.5},
+        {"aux_weight": 0.0},
+        {"pretrained_encoders": False},
+        {"head_epochs": 3},
+    ],
 )
 def test_fusion_knobs_do_not_reach_unimodal_models(update: dict) -> None:
     base = TrainParams()
@@ -61,5 +67,7 @@ def test_parts_split_the_seven_models() -> None:
 
 def test_params_yaml_marks_exactly_the_fusion_only_knobs() -> None:
     """The `[fusion]` comments tell users which knobs rerun only train_fusion; they must match the code."""
-    marked = {line.split(":")[0].strip() for line in (ROOT / "params.yaml").read_text().splitlines() if "# [fusion]" in line}
+    marked = {
+        line.split(":")[0].strip() for line in (ROOT / "params.yaml").read_text().splitlines() if "# [fusion]" in line
+    }
     assert marked == {*FUSION_KNOBS, *FUSION_ARCH_KNOBS}

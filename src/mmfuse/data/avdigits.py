@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from PIL import Image
-from scipy.io import wavfile
 from rich.progress import track
+from scipy.io import wavfile
 
-from mmfuse.params.data import DataParams, Degradation, TextNoise
+from mmfuse.data.noise import add_noise, typos
 from mmfuse.errors import ConfigError, SourceError
 from mmfuse.io import atomic_dir, write_json
+from mmfuse.params.data import DataParams, Degradation, TextNoise
 
 DIGIT_WORDS = {
     "en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
@@ -32,7 +33,6 @@ DIGIT_WORDS = {
     "es": ["cero", "uno", "dos", "tres", "cuatro", "cinco", "seis", "siete", "ocho", "nueve"],
 }
 _CLIP_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
-_TYPO_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 # Distinct streams of randomness per purpose, so changing one never shifts another.
 _STREAM_SPLIT, _STREAM_PAIR, _STREAM_TEXT, _STREAM_NOISE = 0, 1, 2, 3
 
@@ -110,7 +110,9 @@ def pair_clips(labels: np.ndarray, splits: np.ndarray, clips: list[Clip], params
     """
     if params.split == "speaker" and params.holdout_speaker not in {c.speaker for c in clips}:
         known = sorted({c.speaker for c in clips})
-        raise ConfigError(f"data.holdout_speaker={params.holdout_speaker!r} is not an FSDD speaker; pick one of {known}.")
+        raise ConfigError(
+            f"data.holdout_speaker={params.holdout_speaker!r} is not an FSDD speaker; pick one of {known}."
+        )
     pools: dict[tuple[str, int], list[Clip]] = {}
     for clip in clips:
         split = clip_pool_split(clip, params)
@@ -128,22 +130,6 @@ def pair_clips(labels: np.ndarray, splits: np.ndarray, clips: list[Clip], params
         paired.append(deck[dealt.get(key, 0) % len(deck)])
         dealt[key] = dealt.get(key, 0) + 1
     return paired
-
-
-def typos(word: str, rate: float, rng: np.random.Generator) -> str:
-    out = []
-    for char in word:
-        if rng.random() >= rate:
-            out.append(char)
-            continue
-        operation = rng.integers(3)
-        letter = _TYPO_ALPHABET[rng.integers(len(_TYPO_ALPHABET))]
-        if operation == 0:
-            out.append(letter)  # substitute
-        elif operation == 2:
-            out.extend([char, letter])  # insert
-        # operation 1: delete
-    return "".join(out)
 
 
 def noisy_transcript(digit: int, noise: TextNoise, rng: np.random.Generator) -> str:
@@ -172,12 +158,6 @@ def pca_truncate(images: np.ndarray, fit_mask: np.ndarray, energy: float) -> tup
     basis = components[:k]
     recon = (flat - mean) @ basis.T @ basis + mean
     return np.clip(np.rint(recon), 0, 255).astype(np.uint8).reshape(images.shape), k
-
-
-def add_noise(signal: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """White Gaussian noise at `snr_db` relative to the clip's own RMS."""
-    rms = float(np.sqrt(np.mean(signal**2)))
-    return (signal + rng.normal(0.0, rms / 10 ** (snr_db / 20), size=signal.shape)).astype(np.float32)
 
 
 def _write_audio(clip: Clip, dest: Path, degradation: Degradation, seed: int, index: int) -> None:
@@ -215,7 +195,9 @@ def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataF
             clip = clips[index]
             Image.fromarray(images[index]).save(staging / "images" / f"{sample_id}.png")
             _write_audio(clip, staging / "audio" / f"{sample_id}.wav", degradation, params.seed, index)
-            text = noisy_transcript(int(labels[index]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index)))
+            text = noisy_transcript(
+                int(labels[index]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index))
+            )
             rows.append(
                 {
                     "sample_id": sample_id,

@@ -92,5 +92,8 @@ def calibrate(
         "ece_after": round(expected_calibration_error(after, test_labels, n_bins), 6),
         "nll_before": round(negative_log_likelihood(test_logits, test_labels), 6),
         "nll_after": round(negative_log_likelihood(test_logits, test_labels, temperature), 6),
-        "reliability": {"before": reliability(before, test_labels, n_bins), "after": reliability(after, test_labels, n_bins)},
+        "reliability": {
+            "before": reliability(before, test_labels, n_bins),
+            "after": reliability(after, test_labels, n_bins),
+        },
     }

@@ -82,7 +82,9 @@ def _median_ms(model: MultimodalClassifier, batches: list[dict[str, torch.Tensor
     return round(1000.0 * statistics.median(times), 3)
 
 
-def latency_ms(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], batch_size: int, repeats: int) -> dict[str, float]:
+def latency_ms(
+    model: MultimodalClassifier, tensors: dict[str, torch.Tensor], batch_size: int, repeats: int
+) -> dict[str, float]:
     """Median wall time of one sample (`repeats` different samples) and of one batch of `batch_size`."""
     count = int(tensors["label"].shape[0])
     singles = [{k: v[i % count : i % count + 1] for k, v in tensors.items()} for i in range(repeats)]

@@ -22,41 +22,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
 from scipy.io import wavfile
 
-from mmfuse.data.avdigits import typos  # the dataset's own typo model, not a second one
-from mmfuse.data.avdigits import add_noise
 from mmfuse.data.manifest import read_manifest, resolve_media
+from mmfuse.data.noise import add_noise, blur, occlude, pixel_noise, typos
 from mmfuse.errors import MMFuseError
-from mmfuse.params.evaluate import RobustnessParams
 from mmfuse.modality import MODALITIES
+from mmfuse.params.evaluate import RobustnessParams
 from mmfuse.preprocess.audio import audio_features, decode_audio
 from mmfuse.preprocess.image import decode_image, prepare_image
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import clean_text
-
-
-def pixel_noise(grey: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
-    """Additive Gaussian noise on [0, 1] pixels, clipped back to the valid range (sensor noise)."""
-    return np.clip(grey + rng.normal(0.0, std, grey.shape), 0.0, 1.0).astype(np.float32)
-
-
-def blur(grey: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian blur of `sigma` pixels (defocus or motion); deterministic, `rng` is unused."""
-    return ndimage.gaussian_filter(grey, sigma, mode="nearest").astype(np.float32)
-
-
-def occlude(grey: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
-    """A black rectangle covering `share` of the area (same aspect as the image) at a random place."""
-    height, width = grey.shape
-    scale = np.sqrt(share)
-    box_h, box_w = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
-    out = grey.copy()
-    out[top : top + box_h, left : left + box_w] = 0.0
-    return out
-
 
 ImageCorruption = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 
@@ -118,7 +94,9 @@ def split_rows(manifest_path: Path, sample_ids: list[str]) -> pd.DataFrame:
     frame = read_manifest(Path(manifest_path)).set_index("sample_id")
     unknown = [sid for sid in sample_ids if sid not in frame.index]
     if unknown:
-        raise MMFuseError(f"{manifest_path} lacks samples {unknown[:5]} of the processed data; rerun the preprocess stage.")
+        raise MMFuseError(
+            f"{manifest_path} lacks samples {unknown[:5]} of the processed data; rerun the preprocess stage."
+        )
     return frame.loc[sample_ids]
 
 
@@ -179,7 +157,9 @@ NoisyInputs = Callable[[Corruption, int], torch.Tensor]
 
 
 @contextmanager
-def corrupted_levels(raw: RawTestSet, state: PreprocessState, params: RobustnessParams, seed: int, workers: int) -> Iterator[NoisyInputs]:
+def corrupted_levels(
+    raw: RawTestSet, state: PreprocessState, params: RobustnessParams, seed: int, workers: int
+) -> Iterator[NoisyInputs]:
     """Start featurising every (corruption, level) in `workers` processes now; yield `get(corruption,
     level_index)`, which waits for that level's input tensor.
 

@@ -25,9 +25,7 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, names: lis
     `confusion[i][j]` counts samples of class i predicted as j (rows: actual).
     """
     classes = list(range(len(names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=classes, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=classes, zero_division=0)
     return {
         "accuracy": _percent(np.mean(labels == predicted)) if len(labels) else 0.0,
         "macro_f1": _percent(f1_score(labels, predicted, labels=classes, average="macro", zero_division=0)),

@@ -28,7 +28,9 @@ def model_logits(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], 
 
 
 @torch.inference_mode()
-def embeddings(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], present: torch.Tensor, batch_size: int) -> torch.Tensor:
+def embeddings(
+    model: MultimodalClassifier, tensors: dict[str, torch.Tensor], present: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """Encoder outputs [N, M, D] for the modalities marked in `present` [N, M] (the missing embedding elsewhere).
 
     Encoders see one modality each and run in eval mode, so a modality's embedding does not
@@ -37,7 +39,10 @@ def embeddings(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], pr
     """
     count = int(present.shape[0])
     parts = [
-        model.encode({key: value[start : start + batch_size] for key, value in tensors.items()}, present[start : start + batch_size])
+        model.encode(
+            {key: value[start : start + batch_size] for key, value in tensors.items()},
+            present[start : start + batch_size],
+        )
         for start in range(0, count, batch_size)
     ]
     return torch.cat(parts)
@@ -49,7 +54,9 @@ def scored_rows(model: MultimodalClassifier, tensors: dict[str, torch.Tensor]) -
     return model.presence(tensors).any(dim=1)
 
 
-def late_fusion_logits(unimodal_logits: dict[str, torch.Tensor], mask: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
+def late_fusion_logits(
+    unimodal_logits: dict[str, torch.Tensor], mask: torch.Tensor, modalities: tuple[str, ...]
+) -> torch.Tensor:
     """The late-fusion reference: the mean of the dedicated unimodal models' log-probabilities over
     the modalities each sample carries (a product of experts, equal weights, nothing learned).
 

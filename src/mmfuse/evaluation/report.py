@@ -23,7 +23,8 @@ from mmfuse.evaluation.predict import FUSED, REFERENCE
 Table = tuple[list[str], list[list[Any]]]
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:72rem;
+color:#222;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
 th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}th{background:#f2f2f2}
@@ -70,7 +71,9 @@ def _subset_figure(subsets: dict[str, dict[str, float]]) -> Figure:
 
 def _reliability_figure(calibration: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(8.5, 3.8), layout="constrained")
-    for k, (key, title) in enumerate((("before", "before scaling"), ("after", f"after T = {calibration['temperature']:.3f}"))):
+    for k, (key, title) in enumerate(
+        (("before", "before scaling"), ("after", f"after T = {calibration['temperature']:.3f}"))
+    ):
         ax = fig.add_subplot(1, 2, k + 1)
         rows = calibration["reliability"][key]
         centres = [(r["lower"] + r["upper"]) / 2 for r in rows]
@@ -104,7 +107,12 @@ def _speaker_figure(speakers: dict[str, Any]) -> Figure:
     models = list(next(iter(speakers.values()))["accuracy"])
     width = 0.8 / len(models)
     for k, model in enumerate(models):
-        ax.bar(np.arange(len(names)) + (k - (len(models) - 1) / 2) * width, [speakers[s]["accuracy"][model] for s in names], width, label=model)
+        ax.bar(
+            np.arange(len(names)) + (k - (len(models) - 1) / 2) * width,
+            [speakers[s]["accuracy"][model] for s in names],
+            width,
+            label=model,
+        )
     ax.set_xticks(range(len(names)), names)
     ax.set(ylabel="test accuracy (%)", ylim=(0, 115), yticks=range(0, 101, 20), title="Per speaker")
     ax.legend(fontsize=7, ncols=len(models), loc="upper center")
@@ -137,7 +145,14 @@ def _fmt(value: Any) -> str:
 
 def model_table(results: dict[str, Any]) -> Table:
     rows = [
-        [name, "+".join(m["modalities"]), m["count"], m["accuracy"], m["macro_f1"], results["parameters"].get(name, {}).get("parameters")]
+        [
+            name,
+            "+".join(m["modalities"]),
+            m["count"],
+            m["accuracy"],
+            m["macro_f1"],
+            results["parameters"].get(name, {}).get("parameters"),
+        ]
         for name, m in results["models"].items()
     ]
     return ["model", "modalities", "samples", "accuracy %", "macro-F1 %", "parameters"], rows
@@ -191,7 +206,15 @@ def complexity_table(results: dict[str, Any], measured: dict[str, Any]) -> Table
         for name, counts in results["parameters"].items()
     ]
     batch = next(iter(measured["models"].values()))["batch_size"]
-    header = ["model", "parameters", "weights MiB", "training s", "latency / sample ms", f"latency / batch of {batch} ms", "peak inference MiB"]
+    header = [
+        "model",
+        "parameters",
+        "weights MiB",
+        "training s",
+        "latency / sample ms",
+        f"latency / batch of {batch} ms",
+        "peak inference MiB",
+    ]
     return header, rows
 
 
@@ -234,7 +257,7 @@ def _headline(results: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 NOTES = {
-    "subsets": "Each subset: the one fusion model with the other modalities masked out, vs a model trained on that subset "
+    "subsets": "Each subset: the one fusion model with the other modalities masked out, vs a model trained on that subset "  # noqa: E501
     "alone. A positive gap means the dedicated model is better.",
     "calibration": "Temperature fitted on val by minimising the NLL (L-BFGS on log T), scored on test; ECE uses {bins} "
     "equal-width confidence bins. Scaling never changes a prediction, only its confidence.",
@@ -254,7 +277,9 @@ NOTES = {
 
 def render_html(results: dict[str, Any], measured: dict[str, Any], images: dict[str, str]) -> str:
     """The whole report as one HTML string (plots embedded, CSS inline, no external reference)."""
-    cards = "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(_fmt(v))}</b></div>' for k, v in _headline(results))
+    cards = "".join(
+        f'<div class="card">{html.escape(k)}<b>{html.escape(_fmt(v))}</b></div>' for k, v in _headline(results)
+    )
     threads = next(iter(measured["models"].values()))["threads"]
     per_class = "".join(
         f"<details><summary>{html.escape(name)}</summary>{_html_table(per_class_table(m))}"
@@ -270,7 +295,7 @@ def render_html(results: dict[str, Any], measured: dict[str, Any], images: dict[
         _html_table(subset_table(results)), _img(images["subsets"], "subset accuracies"),
         "<h2>Confusion matrix and per-class scores</h2>", _img(images["confusion"], "confusion matrix"),
         _html_table(per_class_table(results["models"][FUSED])), "<p>Other models:</p>", per_class,
-        "<h2>Calibration</h2>", f'<p class="note">{html.escape(NOTES["calibration"].format(bins=len(results["calibration"]["reliability"]["before"])))}</p>',
+        "<h2>Calibration</h2>", f'<p class="note">{html.escape(NOTES["calibration"].format(bins=len(results["calibration"]["reliability"]["before"])))}</p>',  # noqa: E501
         _html_table((["", "ECE", "NLL"], [
             ["before", results["calibration"]["ece_before"], results["calibration"]["nll_before"]],
             ["after", results["calibration"]["ece_after"], results["calibration"]["nll_after"]],
@@ -282,7 +307,7 @@ def render_html(results: dict[str, Any], measured: dict[str, Any], images: dict[
     if results["speakers"]:
         sections += [
             "<h2>Speakers</h2>", f'<p class="note">{html.escape(NOTES["speakers"])}</p>',
-            _html_table(speaker_table(results), flag_column="fusion worse"), _img(images["speakers"], "per-speaker accuracy"),
+            _html_table(speaker_table(results), flag_column="fusion worse"), _img(images["speakers"], "per-speaker accuracy"),  # noqa: E501
         ]  # fmt: skip
     sections += [
         "<h2>Complexity</h2>", f'<p class="note">{html.escape(NOTES["complexity"].format(threads=threads))}</p>',

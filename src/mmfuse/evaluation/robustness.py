@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from mmfuse.evaluation.corruption import CORRUPTIONS, NoisyInputs
-from mmfuse.params.evaluate import RobustnessParams
 from mmfuse.evaluation.predict import (
     FUSED,
     REFERENCE,
@@ -35,6 +34,7 @@ from mmfuse.evaluation.predict import (
     scored_rows,
 )
 from mmfuse.models.classifier import MultimodalClassifier
+from mmfuse.params.evaluate import RobustnessParams
 
 
 def relative_robustness(accuracies: Sequence[float]) -> float:

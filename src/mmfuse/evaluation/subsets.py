@@ -22,7 +22,7 @@ EVAL_BATCH = 1000
 
 
 def load_models(models_dir: Path) -> tuple[dict[str, MultimodalClassifier], dict[str, Any]]:
-    """{FUSED: models_dir/candidate, <subset>: models_dir/baselines/<subset>, ...} in subset order, and the candidate's config."""
+    """{FUSED: candidate, <subset>: baselines/<subset>, ...} of `models_dir` in subset order, and the candidate's config."""  # noqa: E501
     models_dir = Path(models_dir)
     fused, config = load_model(models_dir / "candidate")
     if tuple(fused.spec.modalities) != MODALITIES:
@@ -33,7 +33,9 @@ def load_models(models_dir: Path) -> tuple[dict[str, MultimodalClassifier], dict
     return models, config
 
 
-def evaluate_subsets(models: Mapping[str, MultimodalClassifier], data: Split, batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+def evaluate_subsets(
+    models: Mapping[str, MultimodalClassifier], data: Split, batch_size: int = EVAL_BATCH
+) -> dict[str, Any]:
     """Accuracy (percent) of models[FUSED] on all 7 subsets vs the dedicated model of each (`load_models`).
 
     Returns fused_accuracy (all modalities), fusion_gain_points (fused minus the best

@@ -37,6 +37,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mmfuse.modality import FLAGS, MODALITIES
+from mmfuse.preprocess.text import UNK_ID
+
 LOG_ENV = "MMFUSE_INFERENCE_LOG"
 DEFAULT_LOG = Path("data/inference/log.sqlite")
 SCHEMA_VERSION = 1
@@ -79,9 +82,18 @@ CREATE TABLE IF NOT EXISTS inference (
 CREATE INDEX IF NOT EXISTS inference_ts ON inference (ts);
 """
 _COLUMNS = (
-    "request_id", "ts", "endpoint", "model_version", "has_image", "has_audio", "has_text",
-    *STAT_COLUMNS, "embedding", "prediction", "confidence", "probabilities", "latency_ms",
-)  # fmt: skip
+    "request_id",
+    "ts",
+    "endpoint",
+    "model_version",
+    *FLAGS,
+    *STAT_COLUMNS,
+    "embedding",
+    "prediction",
+    "confidence",
+    "probabilities",
+    "latency_ms",
+)
 _INSERT = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _PRUNE = "DELETE FROM inference WHERE rowid <= (SELECT MAX(rowid) FROM inference) - ?"
 
@@ -99,16 +111,20 @@ def input_statistics(
     `sample` is one output of `preprocess_sample`; an absent modality's statistics are None
     (not zero), so monitoring can tell "missing" from "silent" or "blank".
     """
-    present = dict(zip(("image", "audio", "text"), sample["mask"].tolist()))
+    present = dict(zip(MODALITIES, sample["mask"].tolist()))
     stats: dict[str, float | None] = dict.fromkeys(STAT_COLUMNS)
     if present["image"]:
-        stats.update(image_bytes=image_bytes, image_mean=float(sample["image"].mean()), image_std=float(sample["image"].std()))
+        stats.update(
+            image_bytes=image_bytes, image_mean=float(sample["image"].mean()), image_std=float(sample["image"].std())
+        )
     if present["audio"]:
-        stats.update(audio_bytes=audio_bytes, audio_mean=float(sample["audio"].mean()), audio_std=float(sample["audio"].std()))
+        stats.update(
+            audio_bytes=audio_bytes, audio_mean=float(sample["audio"].mean()), audio_std=float(sample["audio"].std())
+        )
     if present["text"]:
         tokens = sample["text"]
         count = int(torch.count_nonzero(tokens))
-        unknown = int(torch.count_nonzero(tokens == 1))
+        unknown = int(torch.count_nonzero(tokens == UNK_ID))
         stats.update(text_chars=text_chars, text_tokens=count, text_unk_share=unknown / count if count else 0.0)
     return stats
 
@@ -131,11 +147,18 @@ class LogRecord:
 
     def row(self) -> tuple[Any, ...]:
         return (
-            self.request_id, self.ts, self.endpoint, self.model_version, *(int(p) for p in self.present),
+            self.request_id,
+            self.ts,
+            self.endpoint,
+            self.model_version,
+            *(int(p) for p in self.present),
             *(self.stats.get(name) for name in STAT_COLUMNS),
-            np.ascontiguousarray(self.embedding, dtype="<f4").tobytes(), self.prediction, self.confidence,
-            json.dumps(self.probabilities), self.latency_ms,
-        )  # fmt: skip
+            np.ascontiguousarray(self.embedding, dtype="<f4").tobytes(),
+            self.prediction,
+            self.confidence,
+            json.dumps(self.probabilities),
+            self.latency_ms,
+        )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -283,10 +306,20 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     A naive `since` is taken as UTC. A log that does not exist yet reads as empty.
     """
     columns = [
-        "request_id", "time", "endpoint", "model_version", "has_image", "has_audio", "has_text",
-        *STAT_COLUMNS, "embedding", "prediction", "confidence", "probabilities", "latency_ms",
-        "true_label", "feedback_time",
-    ]  # fmt: skip
+        "request_id",
+        "time",
+        "endpoint",
+        "model_version",
+        *FLAGS,
+        *STAT_COLUMNS,
+        "embedding",
+        "prediction",
+        "confidence",
+        "probabilities",
+        "latency_ms",
+        "true_label",
+        "feedback_time",
+    ]
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=columns)
@@ -295,14 +328,12 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
         after = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
     try:
-        frame = pd.read_sql_query(
-            "SELECT * FROM inference WHERE ts >= ? ORDER BY ts, rowid", conn, params=(after,)
-        )
+        frame = pd.read_sql_query("SELECT * FROM inference WHERE ts >= ? ORDER BY ts, rowid", conn, params=(after,))
     finally:
         conn.close()
     frame["time"] = pd.to_datetime(frame.pop("ts"), unit="s", utc=True)
     frame["feedback_time"] = pd.to_datetime(frame.pop("feedback_ts"), unit="s", utc=True)
-    for name in ("has_image", "has_audio", "has_text"):
+    for name in FLAGS:
         frame[name] = frame[name].astype(bool)
     frame["embedding"] = [np.frombuffer(blob, dtype="<f4").copy() for blob in frame["embedding"]]
     frame["probabilities"] = [json.loads(text) for text in frame["probabilities"]]

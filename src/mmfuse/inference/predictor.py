@@ -14,12 +14,11 @@ import torch
 from pydantic import BaseModel, Field
 
 from mmfuse.errors import MediaError, MMFuseError
-from mmfuse.models.artifact import load_model, read_temperature
+from mmfuse.inference.log import input_statistics
 from mmfuse.modality import MODALITIES
+from mmfuse.models.artifact import load_model, read_temperature
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
-from mmfuse.inference.log import input_statistics
-
 
 
 class InputProblem(MMFuseError):

@@ -9,6 +9,7 @@ rollback re-promotes the previous champion as a new version, keeping history lin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +29,8 @@ class RegistryError(MMFuseError):
 
 
 def store_root() -> Path:
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return Path(BentoMLContainer.bentoml_home.get())
+    """BentoML's home (the documented $BENTOML_HOME, default ~/bentoml): the model store lives in it."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
 def decision_log() -> Path:

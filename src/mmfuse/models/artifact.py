@@ -42,7 +42,9 @@ def load_model(artifact_dir: Path) -> tuple[MultimodalClassifier, dict[str, Any]
     artifact_dir = Path(artifact_dir)
     config_path, weights_path = artifact_dir / CONFIG, artifact_dir / WEIGHTS
     if not config_path.exists() or not weights_path.exists():
-        raise MMFuseError(f"{artifact_dir} is not a model artifact (needs {WEIGHTS} and {CONFIG}); run the train stage.")
+        raise MMFuseError(
+            f"{artifact_dir} is not a model artifact (needs {WEIGHTS} and {CONFIG}); run the train stage."
+        )
     config = json.loads(config_path.read_text())
     if config.get("format") != FORMAT:
         raise MMFuseError(f"{config_path}: format {config.get('format')!r}, expected {FORMAT!r}; retrain the model.")
@@ -63,13 +65,15 @@ def read_temperature(artifact_dir: Path, calibration: Path | None = None) -> flo
     else `calibration` (the evaluate stage's output, for a challenger not yet in the store), else 1.
     """
     own = Path(artifact_dir) / CALIBRATION
-    path = own if own.exists() else Path(calibration) if calibration is not None and Path(calibration).exists() else None
+    path = (
+        own if own.exists() else Path(calibration) if calibration is not None and Path(calibration).exists() else None
+    )
     if path is None:
         return 1.0
     try:
         temperature = float(json.loads(path.read_text())["temperature"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise MMFuseError(f"{path}: expected {{\"temperature\": <positive number>}} ({exc}).") from exc
+        raise MMFuseError(f'{path}: expected {{"temperature": <positive number>}} ({exc}).') from exc
     if not math.isfinite(temperature) or temperature <= 0:
         raise MMFuseError(f"{path}: temperature must be a positive finite number, got {temperature}.")
     return temperature

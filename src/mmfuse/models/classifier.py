@@ -15,9 +15,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from mmfuse.modality import MODALITIES
 from mmfuse.models.encoders import build_encoder
 from mmfuse.models.fusion import HEADS
-from mmfuse.modality import MODALITIES
 from mmfuse.params.train import ArchParams, Fusion
 
 

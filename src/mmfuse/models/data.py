@@ -57,7 +57,9 @@ def load_split(processed_dir: Path, split: str) -> Split:
         with safe_open(str(path), framework="pt") as handle:
             missing = [key for key in SPLIT_KEYS if key not in handle.keys()]
             if missing:
-                raise MMFuseError(f"{path} lacks tensors {missing}; the processed-split contract needs {list(SPLIT_KEYS)}.")
+                raise MMFuseError(
+                    f"{path} lacks tensors {missing}; the processed-split contract needs {list(SPLIT_KEYS)}."
+                )
             tensors = {key: handle.get_tensor(key) for key in SPLIT_KEYS}
             ids = json.loads((handle.metadata() or {}).get("sample_ids", "[]"))
     except SafetensorError as exc:

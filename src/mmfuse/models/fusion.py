@@ -55,7 +55,9 @@ class GatedHead(nn.Module):
 
     def __init__(self, n_modalities: int, n_classes: int, arch: ArchParams) -> None:
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(arch.embed_dim, arch.fusion_hidden), nn.Tanh(), nn.Linear(arch.fusion_hidden, 1))
+        self.score = nn.Sequential(
+            nn.Linear(arch.embed_dim, arch.fusion_hidden), nn.Tanh(), nn.Linear(arch.fusion_hidden, 1)
+        )
         self.modality_bias = nn.Parameter(torch.zeros(n_modalities))
         self.classifier = nn.Sequential(
             nn.Linear(arch.embed_dim, arch.fusion_hidden),

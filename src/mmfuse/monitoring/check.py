@@ -15,15 +15,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mmfuse.inference import registry
 from mmfuse.errors import MMFuseError
+from mmfuse.inference import registry
+from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, read_log
 from mmfuse.io import write_json
 from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
 from mmfuse.monitoring.log_checks import check_log
-from mmfuse.params.monitor import MonitorParams
 from mmfuse.monitoring.reference import REFERENCE_FILE, read_reference
 from mmfuse.monitoring.state import AccuracyPoint, MonitorState, load_state, save_state
-from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, read_log
+from mmfuse.params.monitor import MonitorParams
 
 Trigger = Callable[[dict[str, Any]], str | None]  # gets the check summary, returns the run it started
 
@@ -81,9 +81,13 @@ def default_log(project: Path) -> Path:
 
 
 def run_check(
-    project: Path, params: MonitorParams, trigger: Trigger,
-    log: Path | None = None, reference: Path | None = None, now: datetime | None = None,
-) -> CheckResult:  # fmt: skip
+    project: Path,
+    params: MonitorParams,
+    trigger: Trigger,
+    log: Path | None = None,
+    reference: Path | None = None,
+    now: datetime | None = None,
+) -> CheckResult:
     """Check the log rows since the last check; write reports; trigger on entering drift."""
     project = Path(project)
     now = now or datetime.now(timezone.utc)
@@ -91,13 +95,18 @@ def run_check(
     state = load_state(state_file)
     window = read_log(log or default_log(project), since=state.last_check)
     summary: dict[str, Any] = {
-        "time": now.isoformat(), "since": state.last_check.isoformat() if state.last_check else None,
-        "records": len(window), "min_records": params.min_records, "drift_share": params.drift_share,
-    }  # fmt: skip
+        "time": now.isoformat(),
+        "since": state.last_check.isoformat() if state.last_check else None,
+        "records": len(window),
+        "min_records": params.min_records,
+        "drift_share": params.drift_share,
+    }
     out_dir = project / params.reports_dir
     if len(window) < params.min_records:
         summary["status"] = "insufficient_data"
-        summary["detail"] = f"{len(window)} logged requests since the last check, {params.min_records} needed: not judged"
+        summary["detail"] = (
+            f"{len(window)} logged requests since the last check, {params.min_records} needed: not judged"
+        )
         write_json(out_dir / "latest.json", summary)
         return CheckResult("insufficient_data", len(window), summary=summary)
     ref_path = reference or reference_path(project, params)
@@ -121,39 +130,59 @@ def run_check(
             triggered = trigger(summary)
         except TriggerFailed as exc:  # the reports still get written; the next drifted check tries again
             trigger_error = str(exc)
-    summary.update(status=status, triggered=triggered, trigger_error=trigger_error, already_drifted=drifted and state.drifted)
+    summary.update(
+        status=status, triggered=triggered, trigger_error=trigger_error, already_drifted=drifted and state.drifted
+    )
     write_json(out_dir / stamp / "drift.json", drift_report)
     if accuracy is not None:
         write_json(out_dir / stamp / "accuracy.json", accuracy[1])
     write_json(out_dir / stamp / "summary.json", summary)
     write_json(out_dir / "latest.json", summary)
-    save_state(state_file, MonitorState(
-        last_check=now, drifted=drifted and trigger_error is None,
-        last_trigger=now if triggered else state.last_trigger, accuracy_history=history,
-    ))  # fmt: skip
+    save_state(
+        state_file,
+        MonitorState(
+            last_check=now,
+            drifted=drifted and trigger_error is None,
+            last_trigger=now if triggered else state.last_trigger,
+            accuracy_history=history,
+        ),
+    )
     return CheckResult(status, len(window), triggered, summary)
 
 
 def summary_markdown(result: CheckResult) -> str:
     """The Prefect artifact: the verdict first, then what drifted and the accuracy trend."""
     s = result.summary
-    lines = [f"# mmfuse monitoring: **{result.status}**", "", f"{result.records} logged requests since {s.get('since') or 'the start'}."]
+    lines = [
+        f"# mmfuse monitoring: **{result.status}**",
+        "",
+        f"{result.records} logged requests since {s.get('since') or 'the start'}.",
+    ]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])
     drift = s["drift"]
     lines += ["", f"Drifted columns: {drift['share']:.0%} (drift at {s['drift_share']:.0%})", ""]
     lines += ["| column | group | p-value | drifted |", "|---|---|---|---|"]
-    lines += [f"| {name} | {c['group']} | {c['p_value']} | {'yes' if c['drifted'] else ''} |" for name, c in drift["columns"].items()]
+    lines += [
+        f"| {name} | {c['group']} | {c['p_value']} | {'yes' if c['drifted'] else ''} |"
+        for name, c in drift["columns"].items()
+    ]
     if "accuracy" in s:
         a = s["accuracy"]
         lines += ["", f"Live accuracy {a['live']:.3f} on {a['n']} labelled requests (reference {a['reference']:.3f})."]
     if len(s["accuracy_trend"]) > 1:
         lines += ["", "Accuracy trend: " + " → ".join(f"{p['accuracy']:.3f}" for p in s["accuracy_trend"][-10:])]
     checks = s["log_checks"]
-    lines += ["", "Log checks (Great Expectations): " + ("passed" if checks["success"] else "failed: " + ", ".join(checks["failed"]))]
+    lines += [
+        "",
+        "Log checks (Great Expectations): "
+        + ("passed" if checks["success"] else "failed: " + ", ".join(checks["failed"])),
+    ]
     if s.get("trigger_error"):
         lines += ["", f"**Retraining was not started**: {s['trigger_error']}."]
     else:
-        lines += ["", f"Training run triggered: {result.triggered}" if result.triggered else "No training run triggered."]
+        lines += [
+            "",
+            f"Training run triggered: {result.triggered}" if result.triggered else "No training run triggered.",
+        ]
     return "\n".join(lines)
-

@@ -22,8 +22,9 @@ from evidently import DataDefinition, Dataset, MulticlassClassification, Report
 from evidently.presets import ClassificationPreset, DataDriftPreset
 
 from mmfuse.errors import MMFuseError
-from mmfuse.params.monitor import MonitorParams
 from mmfuse.inference.log import STAT_COLUMNS
+from mmfuse.modality import FLAGS, MODALITIES
+from mmfuse.params.monitor import MonitorParams
 
 _MIN_VALUES = 5  # a statistic seen fewer times than this on either side is not tested
 
@@ -76,8 +77,8 @@ def drift_features(frame: pd.DataFrame, projection: Projection) -> pd.DataFrame:
     for name in STAT_COLUMNS:
         features[name] = frame[name].astype(float)
     features["prediction"] = frame["prediction"].astype(str)
-    flags = frame[["has_image", "has_audio", "has_text"]].astype(bool).to_numpy()
-    features["modalities"] = ["+".join(m for m, on in zip(("image", "audio", "text"), row) if on) for row in flags]
+    flags = frame[list(FLAGS)].astype(bool).to_numpy()
+    features["modalities"] = ["+".join(m for m, on in zip(MODALITIES, row) if on) for row in flags]
     return features.reset_index(drop=True)
 
 
@@ -87,7 +88,9 @@ def _group(column: str) -> str:
     return "input_statistics" if column in STAT_COLUMNS else column
 
 
-def run_drift(reference: pd.DataFrame, current: pd.DataFrame, params: MonitorParams, html: Path) -> tuple[DriftResult, dict]:
+def run_drift(
+    reference: pd.DataFrame, current: pd.DataFrame, params: MonitorParams, html: Path
+) -> tuple[DriftResult, dict]:
     """Drift-test `current` against `reference`; write the Evidently HTML; return the verdict and its JSON."""
     projection = Projection.fit(_stack(reference["embedding"]), params.pca_components)
     ref, cur = drift_features(reference, projection), drift_features(current, projection)
@@ -97,9 +100,12 @@ def run_drift(reference: pd.DataFrame, current: pd.DataFrame, params: MonitorPar
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     columns = numeric + categorical
     preset = DataDriftPreset(
-        columns=columns, num_method="ks", cat_method="chisquare",
-        threshold=params.stattest_threshold, drift_share=params.drift_share,
-    )  # fmt: skip
+        columns=columns,
+        num_method="ks",
+        cat_method="chisquare",
+        threshold=params.stattest_threshold,
+        drift_share=params.drift_share,
+    )
     snapshot = Report([preset]).run(
         current_data=Dataset.from_pandas(cur[columns], data_definition=definition),
         reference_data=Dataset.from_pandas(ref[columns], data_definition=definition),
@@ -118,7 +124,9 @@ def run_drift(reference: pd.DataFrame, current: pd.DataFrame, params: MonitorPar
     return DriftResult(share >= params.drift_share, share, tested), report
 
 
-def live_accuracy(reference: pd.DataFrame, current: pd.DataFrame, params: MonitorParams, html: Path) -> tuple[AccuracyResult, dict] | None:
+def live_accuracy(
+    reference: pd.DataFrame, current: pd.DataFrame, params: MonitorParams, html: Path
+) -> tuple[AccuracyResult, dict] | None:
     """Accuracy of the labelled requests (feedback) vs the reference; None below `min_feedback`."""
     labelled = current[current["true_label"].notna()]
     if len(labelled) < params.min_feedback:
@@ -129,8 +137,12 @@ def live_accuracy(reference: pd.DataFrame, current: pd.DataFrame, params: Monito
         classification=[MulticlassClassification(target="true_label", prediction_labels="prediction")],
     )
     snapshot = Report([ClassificationPreset()]).run(
-        current_data=Dataset.from_pandas(labelled[columns].astype(str).reset_index(drop=True), data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[columns].astype(str).reset_index(drop=True), data_definition=definition),
+        current_data=Dataset.from_pandas(
+            labelled[columns].astype(str).reset_index(drop=True), data_definition=definition
+        ),
+        reference_data=Dataset.from_pandas(
+            reference[columns].astype(str).reset_index(drop=True), data_definition=definition
+        ),
     )
     html.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html))
@@ -142,4 +154,8 @@ def live_accuracy(reference: pd.DataFrame, current: pd.DataFrame, params: Monito
 
 def as_json(value: Any) -> Any:
     """Dataclass results in plain JSON types (NaN p-values become null)."""
-    return json.loads(json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else value, default=str).replace("NaN", "null"))
+    return json.loads(
+        json.dumps(asdict(value) if hasattr(value, "__dataclass_fields__") else value, default=str).replace(
+            "NaN", "null"
+        )
+    )

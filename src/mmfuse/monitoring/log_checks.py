@@ -18,26 +18,28 @@ from great_expectations.data_context.types.base import (
 )
 
 from mmfuse.inference.log import STAT_COLUMNS
+from mmfuse.modality import FLAGS
 
-MODALITY_FLAGS = ("has_image", "has_audio", "has_text")
 _NON_NEGATIVE = tuple(name for name in STAT_COLUMNS if not name.endswith("_mean") and name != "text_unk_share")
 
 
 def _expectations(labels: list[str], shares: dict[str, float], tolerance: float) -> list[Any]:
-    checks: list[Any] = [gxe.ExpectColumnToExist(column=c) for c in ("time", *MODALITY_FLAGS, *STAT_COLUMNS, "prediction", "confidence")]
+    checks: list[Any] = [
+        gxe.ExpectColumnToExist(column=c) for c in ("time", *FLAGS, *STAT_COLUMNS, "prediction", "confidence")
+    ]
     checks += [
         gxe.ExpectColumnValuesToNotBeNull(column="prediction"),
         gxe.ExpectColumnValuesToBeInSet(column="prediction", value_set=labels),
         gxe.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0),
         gxe.ExpectColumnValuesToBeBetween(column="text_unk_share", min_value=0.0, max_value=1.0),
-        gxe.ExpectColumnValuesToBeBetween(column="modalities", min_value=1, max_value=len(MODALITY_FLAGS)),
+        gxe.ExpectColumnValuesToBeBetween(column="modalities", min_value=1, max_value=len(FLAGS)),
     ]
     checks += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.0) for c in _NON_NEGATIVE]
     checks += [
         gxe.ExpectColumnMeanToBeBetween(
             column=flag, min_value=max(0.0, shares[flag] - tolerance), max_value=min(1.0, shares[flag] + tolerance)
         )
-        for flag in MODALITY_FLAGS
+        for flag in FLAGS
     ]
     return checks
 
@@ -48,11 +50,11 @@ def check_log(window: pd.DataFrame, reference: pd.DataFrame, tolerance: float) -
     Returns {"success": bool, "failed": [...], "results": [...]} in plain JSON types.
     """
     table = window.drop(columns=[c for c in ("embedding", "probabilities") if c in window.columns]).copy()
-    for flag in MODALITY_FLAGS:
+    for flag in FLAGS:
         table[flag] = table[flag].astype(float)
-    table["modalities"] = table[list(MODALITY_FLAGS)].sum(axis=1)
+    table["modalities"] = table[list(FLAGS)].sum(axis=1)
     labels = sorted(set(reference["prediction"]) | set(reference["true_label"].dropna()))
-    shares = {flag: float(reference[flag].astype(float).mean()) for flag in MODALITY_FLAGS}
+    shares = {flag: float(reference[flag].astype(float).mean()) for flag in FLAGS}
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,

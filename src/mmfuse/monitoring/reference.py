@@ -16,15 +16,21 @@ import torch
 
 from mmfuse.data.manifest import read_manifest, resolve_media
 from mmfuse.errors import MMFuseError
-from mmfuse.io import atomic_file
 from mmfuse.inference.log import STAT_COLUMNS
 from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
+from mmfuse.io import atomic_file
+from mmfuse.modality import FLAGS, MODALITIES
 
 REFERENCE_FILE = "reference.parquet"
 REFERENCE_COLUMNS: tuple[str, ...] = (
-    "sample_id", "has_image", "has_audio", "has_text", *STAT_COLUMNS,
-    "embedding", "prediction", "confidence", "true_label",
-)  # fmt: skip
+    "sample_id",
+    *FLAGS,
+    *STAT_COLUMNS,
+    "embedding",
+    "prediction",
+    "confidence",
+    "true_label",
+)
 
 
 def _raw_sample(root: Path, row: pd.Series) -> RawSample:
@@ -36,9 +42,13 @@ def _raw_sample(root: Path, row: pd.Series) -> RawSample:
 
 
 def build_reference(
-    artifact_dir: Path, raw_manifest: Path, split: str, out_path: Path,
-    calibration: Path | None = None, batch_size: int = 64,
-) -> Path:  # fmt: skip
+    artifact_dir: Path,
+    raw_manifest: Path,
+    split: str,
+    out_path: Path,
+    calibration: Path | None = None,
+    batch_size: int = 64,
+) -> Path:
     """Score `split` of the manifest with the serving Predictor and write the reference Parquet.
 
     `calibration` (evaluate's calibration.json) sets the temperature when the artifact has
@@ -69,15 +79,17 @@ def build_reference(
                 continue
             for row, sample, scores in zip(kept, prepared, predictor.forward(prepared)):
                 best = int(torch.argmax(scores.probabilities))
-                records.append({
-                    "sample_id": row["sample_id"],
-                    **{f"has_{m}": m in sample.used for m in ("image", "audio", "text")},
-                    **{name: sample.stats.get(name) for name in STAT_COLUMNS},
-                    "embedding": scores.embedding.flatten().to(torch.float32).tolist(),
-                    "prediction": predictor.labels[best],
-                    "confidence": float(scores.probabilities[best]),
-                    "true_label": str(row["label"]),
-                })
+                records.append(
+                    {
+                        "sample_id": row["sample_id"],
+                        **{f"has_{m}": m in sample.used for m in MODALITIES},
+                        **{name: sample.stats.get(name) for name in STAT_COLUMNS},
+                        "embedding": scores.embedding.flatten().to(torch.float32).tolist(),
+                        "prediction": predictor.labels[best],
+                        "confidence": float(scores.probabilities[best]),
+                        "true_label": str(row["label"]),
+                    }
+                )
     finally:
         torch.set_num_threads(threads)
     if not records:
@@ -90,7 +102,7 @@ def write_reference(frame: pd.DataFrame, out_path: Path) -> None:
     """Write the reference with a fixed schema, atomically (embedding as a list<float32> column)."""
     fields = [
         pa.field("sample_id", pa.string()),
-        *(pa.field(f"has_{m}", pa.bool_()) for m in ("image", "audio", "text")),
+        *(pa.field(flag, pa.bool_()) for flag in FLAGS),
         *(pa.field(name, pa.float64()) for name in STAT_COLUMNS),
         pa.field("embedding", pa.list_(pa.float32())),
         pa.field("prediction", pa.string()),

@@ -9,7 +9,6 @@ in which classes occur.
 from __future__ import annotations
 
 import io
-import string
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +16,31 @@ import httpx
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from mmfuse.data.manifest import read_manifest, resolve_media
+from mmfuse.data.noise import add_noise, blur, typos
 from mmfuse.errors import MMFuseError
 
 SHIFTS = ("audio-noise", "image-blur", "text-garble", "label-prior")
-NOISE_RMS_RATIO = 3.0  # white noise at 3x the clip's RMS (about -10 dB SNR): unmistakable
-BLUR_RADIUS = 2.5  # pixels
+NOISE_SNR_DB = -9.5  # white noise at 3x the clip's RMS: unmistakable
+BLUR_SIGMA = 2.5  # pixels
+GARBLE_RATE = 1.0  # every character of the note substituted, dropped or doubled
 PRIOR_LABELS = 2  # label-prior keeps only this many labels
 
 
 def _noisy_wav(data: bytes, rng: np.random.Generator) -> bytes:
     samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    rms = float(np.sqrt(np.mean(np.square(samples)))) or 0.01
-    noisy = np.clip(samples + rng.normal(0, NOISE_RMS_RATIO * rms, samples.shape), -1, 1)
     out = io.BytesIO()
-    sf.write(out, noisy, rate, format="WAV", subtype="PCM_16")
+    sf.write(out, np.clip(add_noise(samples, NOISE_SNR_DB, rng), -1, 1), rate, format="WAV", subtype="PCM_16")
     return out.getvalue()
 
 
 def _blurred(data: bytes) -> bytes:
+    grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32) / 255.0
     out = io.BytesIO()
-    Image.open(io.BytesIO(data)).filter(ImageFilter.GaussianBlur(BLUR_RADIUS)).save(out, format="PNG")
+    Image.fromarray(np.round(blur(grey, BLUR_SIGMA, None) * 255).astype(np.uint8)).save(out, format="PNG")
     return out.getvalue()
-
-
-def _garbled(text: str, rng: np.random.Generator) -> str:
-    alphabet = list(string.ascii_letters + string.digits + string.punctuation)
-    return "".join(rng.choice(alphabet, size=max(len(text), 5)))
 
 
 def _pick(rows: pd.DataFrame, n: int, shift: str | None, rng: np.random.Generator) -> pd.DataFrame:
@@ -66,14 +61,21 @@ def _payload(root: Path, row: pd.Series, shift: str | None, rng: np.random.Gener
         files["audio"] = ("audio.wav", _noisy_wav(audio, rng) if shift == "audio-noise" else audio, "audio/wav")
     data = {}
     if row["text"]:
-        data["text"] = _garbled(row["text"], rng) if shift == "text-garble" else row["text"]
+        data["text"] = typos(row["text"], GARBLE_RATE, rng) if shift == "text-garble" else row["text"]
     return files, data
 
 
 def simulate_traffic(
-    url: str, manifest: Path, n: int, shift: str | None = None, seed: int = 0, token: str | None = None,
-    feedback: float = 0.0, split: str = "test", client: httpx.Client | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    url: str,
+    manifest: Path,
+    n: int,
+    shift: str | None = None,
+    seed: int = 0,
+    token: str | None = None,
+    feedback: float = 0.0,
+    split: str = "test",
+    client: httpx.Client | None = None,
+) -> dict[str, Any]:
     """Send `n` /predict requests drawn from `split` of the manifest; return counts.
 
     `feedback` is the share of answered requests whose true label is then sent to
@@ -93,8 +95,15 @@ def simulate_traffic(
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     own = client is None
     http = client or httpx.Client(base_url=url, timeout=60.0)
-    counts: dict[str, Any] = {"sent": 0, "answered": 0, "errors": {}, "feedback": 0, "feedback_errors": {}, "correct": 0,
-                              "shift": shift}  # fmt: skip
+    counts: dict[str, Any] = {
+        "sent": 0,
+        "answered": 0,
+        "errors": {},
+        "feedback": 0,
+        "feedback_errors": {},
+        "correct": 0,
+        "shift": shift,
+    }
     try:
         for _, row in _pick(rows, n, shift, rng).iterrows():
             files, data = _payload(root, row, shift, rng)
@@ -108,7 +117,9 @@ def simulate_traffic(
                 body = {"request_id": response.json()["request_id"], "label": str(row["label"])}
                 answer = http.post("/feedback", json=body, headers=headers)
                 if answer.status_code != 200:
-                    counts["feedback_errors"][str(answer.status_code)] = counts["feedback_errors"].get(str(answer.status_code), 0) + 1
+                    counts["feedback_errors"][str(answer.status_code)] = (
+                        counts["feedback_errors"].get(str(answer.status_code), 0) + 1
+                    )
                     continue
                 counts["feedback"] += 1
                 counts["correct"] += int(answer.json()["correct"])

@@ -21,6 +21,7 @@ import yaml
 from mmfuse.errors import MMFuseError
 from mmfuse.stages import FAILURE_RECORD_ENV
 
+
 class StageFailed(MMFuseError):
     """A stage exited non-zero; `transient` says whether retrying may help."""
 
@@ -48,7 +49,12 @@ def stage_names(project: Path) -> list[str]:
 
 def _dvc(args: list[str], project: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     bin_dir = str(Path(sys.executable).parent)
-    full_env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        **(env or {}),
+    }
     return subprocess.run(["dvc", *args], cwd=project, env=full_env, capture_output=True, text=True)
 
 
@@ -72,7 +78,9 @@ def repro_stage(stage: str, project: Path) -> StageResult:
         done = _dvc(["repro", "--single-item", stage], project, env={FAILURE_RECORD_ENV: str(record)})
         output = done.stdout + done.stderr
         if done.returncode != 0:
-            raise StageFailed(stage, done.returncode, output, json.loads(record.read_text()) if record.exists() else None)
+            raise StageFailed(
+                stage, done.returncode, output, json.loads(record.read_text()) if record.exists() else None
+            )
     return StageResult(stage, ran=ran, output=output)
 
 
@@ -80,7 +88,10 @@ def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = 
     """Run the whole pipeline as a DVC experiment with `overrides` (dotted params keys)."""
     args = ["exp", "run"] + (["--name", name] if name else [])
     for key, value in sorted(overrides.items()):
-        args += ["--set-param", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        args += [
+            "--set-param",
+            f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}",
+        ]
     done = _dvc(args, project)
     output = done.stdout + done.stderr
     if done.returncode != 0:

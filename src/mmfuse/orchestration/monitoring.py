@@ -8,14 +8,16 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from mmfuse.params import load_params
 from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
+from mmfuse.params import load_params
 
 
 @task(task_run_name="check logged traffic")
 def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult:
     params = load_params(Path(project) / "params.yaml").monitor
-    return run_check(Path(project), params, trigger or trigger_training(params.training_deployment), Path(log) if log else None)
+    return run_check(
+        Path(project), params, trigger or trigger_training(params.training_deployment), Path(log) if log else None
+    )
 
 
 @flow(name="mmfuse-monitoring", log_prints=True)
@@ -26,10 +28,15 @@ def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger
     """
     result = check(str(Path(project).resolve()), log, trigger)
     logger = get_run_logger()
-    logger.info("monitoring: %s over %d requests%s", result.status, result.records,
-                f", training run {result.triggered} started" if result.triggered else "")  # fmt: skip
+    logger.info(
+        "monitoring: %s over %d requests%s",
+        result.status,
+        result.records,
+        f", training run {result.triggered} started" if result.triggered else "",
+    )
     if result.summary.get("trigger_error"):
         logger.warning("retraining was not started: %s", result.summary["trigger_error"])
-    create_markdown_artifact(summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic")
+    create_markdown_artifact(
+        summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic"
+    )
     return result.summary
-

@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
 PREFECT_DIR = ".prefect"
 MONITORING_DEPLOYMENT = "hourly"
-NO_TELEMETRY = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1", "BENTOML_DO_NOT_TRACK": "true"}
+NO_TELEMETRY = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
 
 
 def api_answers(url: str, timeout: float = 2.0) -> bool:
@@ -45,12 +50,13 @@ def server_env(project: Path, port: int) -> dict[str, str]:
     """The server's environment: its state under the project, SQLite, no analytics."""
     home = Path(project).resolve() / PREFECT_DIR
     return {
-        **os.environ, **NO_TELEMETRY,
+        **os.environ,
+        **NO_TELEMETRY,
         "PREFECT_HOME": str(home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_UI_ENABLED": "true",
-    }  # fmt: skip
+    }
 
 
 @contextmanager
@@ -70,15 +76,19 @@ def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> 
     with open(home / "server.log", "ab") as log:
         process = subprocess.Popen(
             [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env(project, port), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=server_env(project, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + startup_timeout
         while not api_answers(url):
             if process.poll() is not None:
                 raise MMFuseError(f"prefect server exited with {process.returncode}; see {home / 'server.log'}.")
             if time.monotonic() > deadline:
-                raise MMFuseError(f"prefect server did not answer at {url} within {startup_timeout:.0f} s; see {home / 'server.log'}.")
+                raise MMFuseError(
+                    f"prefect server did not answer at {url} within {startup_timeout:.0f} s; see {home / 'server.log'}."
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -102,18 +112,22 @@ def build_deployments(project: Path, params: "Params") -> list["RunnerDeployment
     monitor = params.monitor
     return [
         training_flow.to_deployment(
-            name=monitor.training_deployment, schedules=[Cron(monitor.training_cron, timezone=monitor.timezone)],
-            parameters={"project": str(root)}, tags=["mmfuse", "training"],
+            name=monitor.training_deployment,
+            schedules=[Cron(monitor.training_cron, timezone=monitor.timezone)],
+            parameters={"project": str(root)},
+            tags=["mmfuse", "training"],
             description="the DVC pipeline: nightly, and when monitoring sees drift",
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
         monitoring_flow.to_deployment(
-            name=MONITORING_DEPLOYMENT, schedules=[Cron(monitor.monitoring_cron, timezone=monitor.timezone)],
-            parameters={"project": str(root)}, tags=["mmfuse", "monitoring"],
+            name=MONITORING_DEPLOYMENT,
+            schedules=[Cron(monitor.monitoring_cron, timezone=monitor.timezone)],
+            parameters={"project": str(root)},
+            tags=["mmfuse", "monitoring"],
             description="validate and drift-check the logged traffic; trigger training on drift",
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),
-    ]  # fmt: skip
+    ]
 
 
 def orchestrate(project: Path, params: "Params") -> None:
@@ -126,4 +140,3 @@ def orchestrate(project: Path, params: "Params") -> None:
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
         with temporary_settings(updates={PREFECT_API_URL: url}):
             serve(*build_deployments(project, params), pause_on_shutdown=False)
-

@@ -44,11 +44,19 @@ def _publish(project: Path, stages: list[dict[str, Any]]) -> None:
     rows = []
     for path in sorted((project / "metrics").glob("*.json")):
         data = json.loads(path.read_text())
-        rows += [{"file": path.name, "metric": k, "value": v} for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        rows += [
+            {"file": path.name, "metric": k, "value": v}
+            for k, v in data.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
     decision = project / "reports" / "promotion" / "decision.json"
     if decision.exists():
         record = json.loads(decision.read_text())
-        lines += ["", f"**Promotion**: {record['verdict']}", f"failed gates: {', '.join(record['failed_gates']) or 'none'}"]
+        lines += [
+            "",
+            f"**Promotion**: {record['verdict']}",
+            f"failed gates: {', '.join(record['failed_gates']) or 'none'}",
+        ]
     lines += ["", "Reports: `reports/data_docs/index.html`, `reports/evaluation/index.html`, `metrics/`"]
     create_markdown_artifact("\n".join(lines), key="mmfuse-training-summary", description="stages, promotion, reports")
     if rows:
@@ -66,4 +74,3 @@ def training_flow(project: str = ".", overrides: dict[str, Any] | None = None) -
         stages = [run_stage(stage, str(root)) for stage in stage_names(root)]
     _publish(root, stages)
     return stages
-

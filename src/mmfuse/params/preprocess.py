@@ -12,7 +12,6 @@ from pydantic import Field, model_validator
 
 from mmfuse.params.base import Section
 
-
 DenoiseMethod = Literal["none", "median", "gaussian", "bilateral", "nlmeans"]
 
 

@@ -26,4 +26,3 @@ class ServeParams(Section):
     timeout_s: int = Field(30, ge=1)  # a request still running after this gets 504
     log_max_rows: int = Field(1_000_000, ge=1)  # inference log retention: the oldest rows go first
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the log writer; beyond it they are dropped
-

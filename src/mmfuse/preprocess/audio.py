@@ -36,11 +36,13 @@ def decode_audio(source: bytes | Path, params: AudioParams) -> tuple[np.ndarray,
             rate, frames = handle.samplerate, handle.frames
             if not params.min_input_rate <= rate <= params.max_input_rate:
                 raise MediaError(
-                    f"sample rate {rate} Hz is outside the accepted {params.min_input_rate}-{params.max_input_rate} Hz.",
+                    f"sample rate {rate} Hz is outside the accepted {params.min_input_rate}-{params.max_input_rate} Hz.",  # noqa: E501
                     modality="audio",
                 )
             if frames > params.max_seconds * rate:
-                raise MediaError(f"{frames / rate:.1f} s is longer than the limit of {params.max_seconds} s.", modality="audio")
+                raise MediaError(
+                    f"{frames / rate:.1f} s is longer than the limit of {params.max_seconds} s.", modality="audio"
+                )
             samples = handle.read(dtype="float32", always_2d=True)
     except (RuntimeError, ValueError) as exc:  # sf.LibsndfileError is a RuntimeError
         raise MediaError(f"the bytes are not a readable WAV file ({exc}).", modality="audio") from exc

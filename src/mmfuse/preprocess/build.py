@@ -25,13 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.numpy import save_file
 
 from mmfuse.data.manifest import SPLITS, read_manifest, resolve_media, unsafe_path_reason
-from mmfuse.modality import MODALITIES
 from mmfuse.errors import ManifestError, MediaError, MMFuseError
 from mmfuse.io import atomic_dir, write_json
+from mmfuse.modality import AUDIO, IMAGE, MODALITIES, TEXT
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.audio import clean_audio, decode_audio, fit_frames, log_mel
 from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
 from mmfuse.preprocess.image import decode_image, prepare_image
-from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary, clean_text
 
@@ -158,9 +158,11 @@ def _analyse_all(records: list[Record], root: Path, params: PreprocessParams) ->
                         merged.setdefault(key, []).extend(part)
                         continue
                     if key not in merged:
-                        merged[key] = np.zeros((len(records), *part.shape[1:]), part.dtype) if isinstance(
-                            part, np.ndarray
-                        ) else [None] * len(records)
+                        merged[key] = (
+                            np.zeros((len(records), *part.shape[1:]), part.dtype)
+                            if isinstance(part, np.ndarray)
+                            else [None] * len(records)
+                        )
                     merged[key][start : start + len(part)] = part
                 progress.advance(task, len(chunks[index]))
     merged["errors"] = sorted(merged["errors"])
@@ -172,12 +174,14 @@ def _label_order(labels: set[str]) -> list[str]:
     return sorted(labels, key=lambda label: (0, int(label), "") if label.isdigit() else (1, 0, label))
 
 
-def fit_state(features: dict[str, Any], labels: list[str], train: np.ndarray, params: PreprocessParams) -> PreprocessState:
+def fit_state(
+    features: dict[str, Any], labels: list[str], train: np.ndarray, params: PreprocessParams
+) -> PreprocessState:
     """Normalisation statistics, vocabulary and label list from the kept train records only."""
     present = features["present"]
-    image_mean, image_std = _mean_std(features["image_moments"][train & present[:, 0]], params.image.size**2)
-    audio_mean, audio_std = _mean_std(features["audio_moments"][train & present[:, 1]], params.audio.n_frames)
-    texts = [text for text, used in zip(features["text_norm"], train & present[:, 2]) if used]
+    image_mean, image_std = _mean_std(features["image_moments"][train & present[:, IMAGE]], params.image.size**2)
+    audio_mean, audio_std = _mean_std(features["audio_moments"][train & present[:, AUDIO]], params.audio.n_frames)
+    texts = [text for text, used in zip(features["text_norm"], train & present[:, TEXT]) if used]
     return PreprocessState(
         params=params,
         labels=tuple(_label_order({label for label, used in zip(labels, train) if used})),
@@ -189,7 +193,9 @@ def fit_state(features: dict[str, Any], labels: list[str], train: np.ndarray, pa
     )
 
 
-def split_tensors(features: dict[str, Any], labels: list[str], rows: np.ndarray, state: PreprocessState) -> dict[str, np.ndarray]:
+def split_tensors(
+    features: dict[str, Any], labels: list[str], rows: np.ndarray, state: PreprocessState
+) -> dict[str, np.ndarray]:
     """The tensors of one split: features (already normalised in place) of the given records."""
     present = features["present"][rows]
     text = np.zeros((len(rows), state.params.text.max_len), dtype=np.int64)
@@ -210,8 +216,8 @@ def normalise_in_place(features: dict[str, Any], state: PreprocessState) -> None
     """Normalise every record's image and audio with the train statistics; missing ones stay 0."""
     state.normalise_image(features["image"], out=features["image"])
     state.normalise_audio(features["audio"], out=features["audio"])
-    features["image"][~features["present"][:, 0]] = 0.0
-    features["audio"][~features["present"][:, 1]] = 0.0
+    features["image"][~features["present"][:, IMAGE]] = 0.0
+    features["audio"][~features["present"][:, AUDIO]] = 0.0
 
 
 def build_processed(manifest_path: Path, out_dir: Path, params: PreprocessParams) -> dict[str, Any]:
@@ -250,7 +256,9 @@ def build_processed(manifest_path: Path, out_dir: Path, params: PreprocessParams
             rows = np.flatnonzero(dedup.keep & (split_of == split))
             counts[split] = len(rows)
             ids = json.dumps([sample_ids[i] for i in rows])
-            save_file(split_tensors(features, labels, rows, state), staging / f"{split}.safetensors", {"sample_ids": ids})
+            save_file(
+                split_tensors(features, labels, rows, state), staging / f"{split}.safetensors", {"sample_ids": ids}
+            )
         write_json(staging / "meta.json", {"format": FORMAT, "counts": counts, **state.to_dict()})
         write_json(staging / "dedup_report.json", dedup.report)
     return {"out_dir": str(out_dir), "counts": counts, "removed": dedup.report["counts"]}

@@ -132,7 +132,9 @@ def shared_content(
     return found
 
 
-def _earlier_matches(fp: Fingerprints, params: DedupParams, members: np.ndarray, media: list[str]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def _earlier_matches(
+    fp: Fingerprints, params: DedupParams, members: np.ndarray, media: list[str]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """For each position in `members`: earlier positions whose every medium in `media` is near, with distances."""
     matches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for start in range(0, len(members), _BLOCK):

@@ -34,12 +34,18 @@ def decode_image(source: bytes | Path, params: ImageParams) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"the image header is truncated or corrupt ({exc}).", modality="image") from exc
     if img.format not in ACCEPTED_FORMATS:
-        raise MediaError(f"format {img.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}.", modality="image")
+        raise MediaError(
+            f"format {img.format} is not accepted; send one of {', '.join(ACCEPTED_FORMATS)}.", modality="image"
+        )
     width, height = img.size
     if min(width, height) < params.min_side:
-        raise MediaError(f"{width}x{height} pixels is too small; each side must be >= {params.min_side}.", modality="image")
+        raise MediaError(
+            f"{width}x{height} pixels is too small; each side must be >= {params.min_side}.", modality="image"
+        )
     if max(width, height) > params.max_side:
-        raise MediaError(f"{width}x{height} pixels is too large; each side must be <= {params.max_side}.", modality="image")
+        raise MediaError(
+            f"{width}x{height} pixels is too large; each side must be <= {params.max_side}.", modality="image"
+        )
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:

@@ -19,6 +19,7 @@ from mmfuse.errors import ConfigError, MediaError
 from mmfuse.params.preprocess import TextParams
 
 PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1  # their ids: every vocabulary starts with them
 _DROPPED_CATEGORIES = ("P", "S", "C", "Z")  # punctuation, symbols, control/format, separators
 
 
@@ -69,7 +70,7 @@ class Vocabulary:
         """Token ids [max_len] int64: truncated, then padded with 0."""
         ids = np.zeros(max_len, dtype=np.int64)
         for position, ch in enumerate(text[:max_len]):
-            ids[position] = self._index.get(ch, 1)
+            ids[position] = self._index.get(ch, UNK_ID)
         return ids
 
     @cached_property

@@ -185,7 +185,9 @@ async def _on_thread(backend: Backend, work: Callable[[], R]) -> R:
 async def _read_predict_form(request: Request) -> RawSample:
     """The /predict form as a sample, refusing unknown, repeated, mistyped and oversized fields
     (all named at once). An empty, unnamed file part is a browser's untouched file input: absent."""
-    parts = await read_form(request, SERVE.max_request_bytes, "multipart/form-data with the fields image, audio and/or text")
+    parts = await read_form(
+        request, SERVE.max_request_bytes, "multipart/form-data with the fields image, audio and/or text"
+    )
     values: dict[str, Any] = dict.fromkeys(FORM_FIELDS)
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -197,14 +199,20 @@ async def _read_predict_form(request: Request) -> RawSample:
             problems.append(Problem((name,), "given more than once; send one per request.", "duplicate"))
         elif name == "text":
             if len(part.data) > SERVE.max_field_bytes:
-                problems.append(Problem((name,), f"over the field limit of {SERVE.max_field_bytes} bytes.", "too_large"))
+                problems.append(
+                    Problem((name,), f"over the field limit of {SERVE.max_field_bytes} bytes.", "too_large")
+                )
             else:
                 values[name] = form_text(bytes(part.data), name)
         elif part.filename is None:
-            problems.append(Problem((name,), "must be a file upload (a part with a filename), not a plain field.", "file_type"))
+            problems.append(
+                Problem((name,), "must be a file upload (a part with a filename), not a plain field.", "file_type")
+            )
         elif (part.content_type or "") not in GENERIC_TYPES and not part.content_type.startswith(FILE_KINDS[name]):
             wanted = "a PNG or JPEG image" if name == "image" else "a WAV audio file"
-            problems.append(Problem((name,), f"the file is declared as {part.content_type}; send {wanted}.", "wrong_kind"))
+            problems.append(
+                Problem((name,), f"the file is declared as {part.content_type}; send {wanted}.", "wrong_kind")
+            )
         elif part.filename or part.data:
             values[name] = bytes(part.data)
         seen.add(name)
@@ -291,11 +299,19 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
 
 
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+    }
 
 
 def _ok(model: type[BaseModel], description: str) -> dict[str, Any]:
-    return {"200": {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+    return {
+        "200": {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 def _curl(path: str, *args: str) -> list[dict[str, str]]:
@@ -401,9 +417,14 @@ def openapi_spec() -> dict[str, Any]:
                     ),
                     "security": _SECURED,
                     "requestBody": _json_body(PredictBatchRequest),
-                    "responses": {**_ok(PredictBatchResponse, "one prediction per sample, in order"), **_error_responses(400, 401, 413, 415, 422)},
+                    "responses": {
+                        **_ok(PredictBatchResponse, "one prediction per sample, in order"),
+                        **_error_responses(400, 401, 413, 415, 422),
+                    },
                     "x-codeSamples": _curl(
-                        "/predict_batch", '-H "Content-Type: application/json"', """-d '{"samples": [{"text": "five"}]}'"""
+                        "/predict_batch",
+                        '-H "Content-Type: application/json"',
+                        """-d '{"samples": [{"text": "five"}]}'""",
                     ),
                 }
             },
@@ -415,19 +436,47 @@ def openapi_spec() -> dict[str, Any]:
                     "description": "Stored beside the prediction in the inference log, for monitoring.",
                     "security": _SECURED,
                     "requestBody": _json_body(FeedbackRequest),
-                    "responses": {**_ok(FeedbackResponse, "the stored feedback"), **_error_responses(400, 401, 404, 413, 415)},
+                    "responses": {
+                        **_ok(FeedbackResponse, "the stored feedback"),
+                        **_error_responses(400, 401, 404, 413, 415),
+                    },
                     "x-codeSamples": _curl(
-                        "/feedback", '-H "Content-Type: application/json"', """-d '{"request_id": "<from a prediction>", "label": "five"}'"""
+                        "/feedback",
+                        '-H "Content-Type: application/json"',
+                        """-d '{"request_id": "<from a prediction>", "label": "five"}'""",
                     ),
                 }
             },
-            "/livez": {"get": {"operationId": "livez", "tags": ["health"], "summary": "The process is up", "responses": _plain("up")}},
-            "/readyz": {"get": {"operationId": "readyz", "tags": ["health"], "summary": "The model is loaded", "responses": _plain("ready")}},
-            "/metrics": {"get": {"operationId": "metrics", "tags": ["health"], "summary": "Prometheus metrics", "responses": _plain("metrics")}},
+            "/livez": {
+                "get": {
+                    "operationId": "livez",
+                    "tags": ["health"],
+                    "summary": "The process is up",
+                    "responses": _plain("up"),
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "tags": ["health"],
+                    "summary": "The model is loaded",
+                    "responses": _plain("ready"),
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "tags": ["health"],
+                    "summary": "Prometheus metrics",
+                    "responses": _plain("metrics"),
+                }
+            },
         },
         "components": {
             "schemas": definitions["$defs"],
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "the server's MMFUSE_API_TOKEN"}},
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "the server's MMFUSE_API_TOKEN"}
+            },
         },
     }
 

@@ -26,7 +26,8 @@ _CONSTRAINTS = {
 _STYLE = """
   :root { --ink: #1d2330; --muted: #5d6678; --line: #d9dde5; --accent: #2f6fdf; --post: #1f7a4d; --get: #2f6fdf; }
   * { box-sizing: border-box; }
-  body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink); background: #f6f7f9; }
+  body { margin: 0; font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--ink);
+  background: #f6f7f9; }
   main { max-width: 960px; margin: 0 auto; padding: 24px 16px 48px; }
   h1 { font-size: 24px; margin: 0 0 4px; }
   h2 { font-size: 18px; margin: 0 0 6px; }
@@ -34,7 +35,8 @@ _STYLE = """
   a { color: var(--accent); }
   .muted { color: var(--muted); }
   .card { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 16px; margin: 14px 0; }
-  .method { display: inline-block; min-width: 54px; padding: 1px 8px; border-radius: 4px; color: #fff; font-size: 13px; text-align: center; }
+  .method { display: inline-block; min-width: 54px; padding: 1px 8px; border-radius: 4px; color: #fff;
+  font-size: 13px; text-align: center; }
   .method.post { background: var(--post); } .method.get { background: var(--get); }
   table { border-collapse: collapse; width: 100%; font-size: 14px; }
   th, td { text-align: left; vertical-align: top; padding: 5px 8px; border-top: 1px solid var(--line); }
@@ -94,7 +96,11 @@ def _fields(schema: dict[str, Any], components: dict[str, Any]) -> str:
         f"<td>{'required' if name in required else 'optional'}</td><td>{_notes(field)}</td></tr>"
         for name, field in properties.items()
     )
-    closed = "" if schema.get("additionalProperties", True) is not False else '<p class="muted">No other fields are accepted.</p>'
+    closed = (
+        ""
+        if schema.get("additionalProperties", True) is not False
+        else '<p class="muted">No other fields are accepted.</p>'
+    )
     return f"<table><tr><th>field</th><th>type</th><th></th><th>notes</th></tr>{rows}</table>{closed}"
 
 
@@ -102,12 +108,14 @@ def _operation(method: str, path: str, op: dict[str, Any], components: dict[str,
     anchor = _e(op.get("operationId", f"{method}-{path}"))
     html = [
         f'<section class="card" id="op-{anchor}">',
-        f'<h2><span class="method {_e(method)}">{_e(method.upper())}</span> <code>{_e(path)}</code> {_e(op.get("summary", ""))}</h2>',
+        f'<h2><span class="method {_e(method)}">{_e(method.upper())}</span> <code>{_e(path)}</code> {_e(op.get("summary", ""))}</h2>',  # noqa: E501
     ]
     if "description" in op:
         html.append(f"<p>{_e(op['description'])}</p>")
     if op.get("security"):
-        html.append('<p class="muted">Needs <code>Authorization: Bearer &lt;token&gt;</code> when the server sets MMFUSE_API_TOKEN.</p>')
+        html.append(
+            '<p class="muted">Needs <code>Authorization: Bearer &lt;token&gt;</code> when the server sets MMFUSE_API_TOKEN.</p>'  # noqa: E501
+        )
     for media_type, content in op.get("requestBody", {}).get("content", {}).items():
         html.append(f"<h3>Request body: {_e(media_type)}</h3>")
         if "schema" in content:
@@ -115,10 +123,16 @@ def _operation(method: str, path: str, op: dict[str, Any], components: dict[str,
     rows = []
     for status, response in op.get("responses", {}).items():
         schemas = [_type(c["schema"]) for c in response.get("content", {}).values() if "schema" in c]
-        rows.append(f"<tr><td><code>{_e(status)}</code></td><td>{_e(response.get('description', ''))}</td><td>{', '.join(schemas)}</td></tr>")
-    html.append(f"<h3>Responses</h3><table><tr><th>status</th><th>meaning</th><th>body</th></tr>{''.join(rows)}</table>")
+        rows.append(
+            f"<tr><td><code>{_e(status)}</code></td><td>{_e(response.get('description', ''))}</td><td>{', '.join(schemas)}</td></tr>"  # noqa: E501
+        )
+    html.append(
+        f"<h3>Responses</h3><table><tr><th>status</th><th>meaning</th><th>body</th></tr>{''.join(rows)}</table>"
+    )
     for sample in op.get("x-codeSamples", []):
-        html.append(f"<h3>Example ({_e(sample.get('label', sample.get('lang', '')))})</h3><pre>{_e(sample['source'])}</pre>")
+        html.append(
+            f"<h3>Example ({_e(sample.get('label', sample.get('lang', '')))})</h3><pre>{_e(sample['source'])}</pre>"
+        )
     html.append("</section>")
     return "".join(html)
 
@@ -133,7 +147,7 @@ def render_docs(spec: dict[str, Any], *, spec_url: str, demo_url: str) -> str:
     components: dict[str, Any] = spec.get("components", {}).get("schemas", {})
     operations = [(method, path, op) for path, item in spec.get("paths", {}).items() for method, op in item.items()]
     nav = "".join(
-        f'<li><a href="#op-{_e(op.get("operationId", ""))}">{_e(method.upper())} {_e(path)}</a> {_e(op.get("summary", ""))}</li>'
+        f'<li><a href="#op-{_e(op.get("operationId", ""))}">{_e(method.upper())} {_e(path)}</a> {_e(op.get("summary", ""))}</li>'  # noqa: E501
         for method, path, op in operations
     )
     schemas = "".join(
@@ -150,7 +164,7 @@ def render_docs(spec: dict[str, Any], *, spec_url: str, demo_url: str) -> str:
         f"<title>{title} API</title><style>{_STYLE}</style></head><body><main>"
         f'<h1>{title} API <span class="muted">{_e(info.get("version", ""))}</span></h1>'
         f"<p>{_e(info.get('description', ''))}</p>"
-        f'<p><a href="{_e(spec_url)}">OpenAPI document (JSON)</a> · <a href="{_e(demo_url)}">try it in the demo page</a></p>'
+        f'<p><a href="{_e(spec_url)}">OpenAPI document (JSON)</a> · <a href="{_e(demo_url)}">try it in the demo page</a></p>'  # noqa: E501
         f"<nav><strong>Endpoints</strong><ul>{nav}</ul></nav>"
         + "".join(_operation(method, path, op, components) for method, path, op in operations)
         + f"<h1>Schemas</h1>{schemas}</main></body></html>"

@@ -175,7 +175,11 @@ async def read_form(request: Request, limit: int, hint: str) -> list[Part]:
     kind = require_media_type(request, ("multipart/form-data", "application/x-www-form-urlencoded"), hint)
     body = await read_body(request, limit)
     try:
-        return parse_multipart(body, request.headers["content-type"]) if kind == "multipart/form-data" else parse_urlencoded(body)
+        return (
+            parse_multipart(body, request.headers["content-type"])
+            if kind == "multipart/form-data"
+            else parse_urlencoded(body)
+        )
     except ValueError as exc:
         raise RequestRejected(400, [Problem(("body",), str(exc), "malformed")]) from exc
 

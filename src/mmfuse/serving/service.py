@@ -112,7 +112,9 @@ class MMFuse:
         """
         if label not in self.labels:
             known = ", ".join(self.predictor.labels)
-            raise RequestRejected(400, [Problem(("label",), f"unknown label {label!r}; the labels are {known}.", "unknown_label")])
+            raise RequestRejected(
+                400, [Problem(("label",), f"unknown label {label!r}; the labels are {known}.", "unknown_label")]
+            )
         prediction = self.log.feedback(request_id, label)
         if prediction is None:
             msg = "no prediction with this id in the inference log (never made, or removed by retention)."

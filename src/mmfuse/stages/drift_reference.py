@@ -19,7 +19,9 @@ from mmfuse.stages import console, stage_cli
 
 def run(*, model: Path, raw_manifest: Path, calibration: Path, out: Path, params: MonitorParams) -> Path:
     """Score `params.reference_split` of the manifest with `model` (temperature from `calibration`) into `out`."""
-    return build_reference(model, raw_manifest, params.reference_split, out, calibration=calibration, batch_size=params.reference_batch)
+    return build_reference(
+        model, raw_manifest, params.reference_split, out, calibration=calibration, batch_size=params.reference_batch
+    )
 
 
 def main(
@@ -30,7 +32,13 @@ def main(
 ) -> None:
     """Stage 6: the reference profile monitoring compares traffic with."""
     params = load_params()
-    run(model=model, raw_manifest=dataset_manifest(params.data, raw), calibration=calibration, out=out, params=params.monitor)
+    run(
+        model=model,
+        raw_manifest=dataset_manifest(params.data, raw),
+        calibration=calibration,
+        out=out,
+        params=params.monitor,
+    )
     console.print(f"[green]reference profile[/] {out}")
 
 

@@ -1,8 +1,8 @@
 """Stage 5, evaluate: the fusion model and every dedicated baseline on the test split.
 
-Metrics per model, every modality subset (evaluation.subsets, on the models and split loaded once here), calibration with a
-temperature fitted on val, noise-robustness curves from the raw test media, per-speaker
-results, complexity, and a self-contained report. Everything is computed first and
+Metrics per model, every modality subset (evaluation.subsets, on the models and the split
+loaded once here), calibration with a temperature fitted on val, noise-robustness curves
+from the raw test media, per-speaker results, complexity, and a self-contained report. Everything is computed first and
 written last, one atomic file at a time, so a failure leaves the previous outputs intact.
 
 Determinism: inference runs with deterministic kernels and a fixed thread count and all
@@ -20,29 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import typer
 import torch
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mmfuse.evaluation.subsets import evaluate_subsets, load_models
+from mmfuse.data.manifest import dataset_manifest
 from mmfuse.evaluation import complexity
 from mmfuse.evaluation.calibration import calibrate
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
 from mmfuse.evaluation.metrics import classification_metrics, confusion_rows
-from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.evaluation.predict import FUSED, REFERENCE, accuracy, late_fusion_logits, model_logits, scored_rows
 from mmfuse.evaluation.report import figures, render_html, render_markdown
 from mmfuse.evaluation.robustness import robustness_curves, robustness_rows
+from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.io import atomic_file, write_json
+from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import WEIGHTS
 from mmfuse.models.data import load_split
-from mmfuse.modality import MODALITIES
-from mmfuse.preprocess.state import PreprocessState
 from mmfuse.models.determinism import deterministic
 from mmfuse.params import load_params
+from mmfuse.params.evaluate import EvaluateParams
+from mmfuse.preprocess.state import PreprocessState
 from mmfuse.stages import console, stage_cli
-from mmfuse.data.manifest import dataset_manifest
 
 SPLIT = "test"
 
@@ -55,7 +55,11 @@ def _speakers(
     results: dict[str, Any] = {}
     for speaker in sorted(set(speakers.tolist()) - {""}):
         selected = torch.from_numpy(speakers == speaker)
-        scores = {name: accuracy(logits[name], labels, rows[name] & selected) for name in logits if bool((rows[name] & selected).any())}
+        scores = {
+            name: accuracy(logits[name], labels, rows[name] & selected)
+            for name in logits
+            if bool((rows[name] & selected).any())
+        }
         singles = {m: scores[m] for m in MODALITIES if m in scores}
         best = max(singles, key=singles.__getitem__)
         results[speaker] = {
@@ -84,7 +88,15 @@ def _write_plots(plots_dir: Path, results: dict[str, Any], confusion: list[tuple
         plots_dir / "reliability.csv",
         ["calibration", "bin", "lower", "upper", "confidence", "accuracy", "count"],
         [
-            [when, k, round(r["lower"], 6), round(r["upper"], 6), round(r["confidence"], 6), round(r["accuracy"], 6), r["count"]]
+            [
+                when,
+                k,
+                round(r["lower"], 6),
+                round(r["upper"], 6),
+                round(r["confidence"], 6),
+                round(r["accuracy"], 6),
+                r["count"],
+            ]
             for when, table in reliability.items()
             for k, r in enumerate(table)
         ],
@@ -175,7 +187,9 @@ def run(
         per_model = {
             name: {
                 "modalities": list(models[name].spec.modalities) if name in models else list(MODALITIES),
-                **classification_metrics(labels[rows[name]].numpy(), logits[name].argmax(dim=1)[rows[name]].numpy(), names),
+                **classification_metrics(
+                    labels[rows[name]].numpy(), logits[name].argmax(dim=1)[rows[name]].numpy(), names
+                ),
             }
             for name in logits
         }
@@ -183,21 +197,35 @@ def run(
         val = load_split(processed_dir, "val").with_any(list(range(len(MODALITIES))))
         fused_test = rows[FUSED]
         calibration = calibrate(
-            model_logits(models[FUSED], val.tensors, params.batch_size).double().numpy(), val.tensors["label"].numpy(),
-            logits[FUSED][fused_test].double().numpy(), labels[fused_test].numpy(), params.ece_bins,
-        )  # fmt: skip
+            model_logits(models[FUSED], val.tensors, params.batch_size).double().numpy(),
+            val.tensors["label"].numpy(),
+            logits[FUSED][fused_test].double().numpy(),
+            labels[fused_test].numpy(),
+            params.ece_bins,
+        )
         progress.update(task, advance=1, description="robustness")
         curves = robustness_curves(
-            models[FUSED], {m: models[m] for m in MODALITIES}, tensors, logits, noisy_inputs,
-            params.robustness, params.batch_size, lambda: progress.advance(task),
-        )  # fmt: skip
-        speakers = _speakers(manifest_rows["speaker"].to_numpy(), labels, logits, rows) if "speaker" in manifest_rows else {}
+            models[FUSED],
+            {m: models[m] for m in MODALITIES},
+            tensors,
+            logits,
+            noisy_inputs,
+            params.robustness,
+            params.batch_size,
+            lambda: progress.advance(task),
+        )
+        speakers = (
+            _speakers(manifest_rows["speaker"].to_numpy(), labels, logits, rows) if "speaker" in manifest_rows else {}
+        )
         progress.update(task, advance=1, description="complexity")
         timed = {name: rows[name].nonzero().squeeze(1)[: params.latency_batch] for name in models}
         measured = complexity.measure(
-            models, {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
-            params.latency_batch, params.latency_repeats, train_metrics,
-        )  # fmt: skip
+            models,
+            {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
+            params.latency_batch,
+            params.latency_repeats,
+            train_metrics,
+        )
         results: dict[str, Any] = {
             "split": SPLIT,
             "fusion": subsets["fusion"],
@@ -246,7 +274,9 @@ def run(
 
 def main(
     processed: Path = typer.Option(..., help="The processed splits."),
-    raw: Path = typer.Option(..., help="The ingested datasets: the robustness curves re-preprocess the raw test media."),
+    raw: Path = typer.Option(
+        ..., help="The ingested datasets: the robustness curves re-preprocess the raw test media."
+    ),
     models: Path = typer.Option(..., help="The models folder (candidate/ and baselines/)."),
     reports: Path = typer.Option(..., help="Where the HTML and Markdown report go."),
     plots: Path = typer.Option(..., help="Where the DVC plot files go."),
@@ -257,12 +287,18 @@ def main(
     """Stage 5: test metrics, every modality subset, robustness, calibration, complexity, HTML report."""
     params = load_params()
     run(
-        processed=processed, raw_manifest=dataset_manifest(params.data, raw), models=models, reports=reports,
-        plots=plots, metrics=metrics, calibration=calibration, train_metrics=train_metrics, params=params.evaluate,
-    )  # fmt: skip
+        processed=processed,
+        raw_manifest=dataset_manifest(params.data, raw),
+        models=models,
+        reports=reports,
+        plots=plots,
+        metrics=metrics,
+        calibration=calibration,
+        train_metrics=train_metrics,
+        params=params.evaluate,
+    )
     console.print(f"[green]evaluated[/]: report in {Path(reports) / 'index.html'}")
 
 
 if __name__ == "__main__":
     stage_cli(main)
-

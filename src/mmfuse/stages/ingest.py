@@ -52,7 +52,9 @@ def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
     else:
         manifest = Path(params.dataset)
         if not manifest.is_file():
-            raise ConfigError(f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path).")
+            raise ConfigError(
+                f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
+            )
         copy_own_dataset(manifest, out_dir)
     return dataset_manifest(params, raw)
 

@@ -17,13 +17,13 @@ from typing import Any, Callable
 
 import typer
 
-from mmfuse.inference import registry
-from mmfuse.params.promote import PromoteParams
 from mmfuse.evaluation.scoring import score_artifact
+from mmfuse.inference import registry
 from mmfuse.io import write_json
 from mmfuse.models.artifact import read_temperature
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
+from mmfuse.params.promote import PromoteParams
 from mmfuse.stages import console, stage_cli
 
 Scores = dict[str, Any]  # {"accuracy": %, "subsets": {name: %}, "ece": float}
@@ -34,21 +34,51 @@ def _gate(name: str, value: Any, threshold: Any, passed: bool, detail: str) -> d
     return {"gate": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail}
 
 
-def decide(challenger: Scores, champion: Scores | None, validation_passed: bool, params: PromoteParams) -> dict[str, Any]:
+def decide(
+    challenger: Scores, champion: Scores | None, validation_passed: bool, params: PromoteParams
+) -> dict[str, Any]:
     """Evaluate every gate (never stopping at the first failure) and return the verdict."""
     gates = []
     if params.require_validation:
-        gates.append(_gate("validation", validation_passed, True, validation_passed, "the validate stage passed for this data"))
+        gates.append(
+            _gate("validation", validation_passed, True, validation_passed, "the validate stage passed for this data")
+        )
     accuracy = challenger["accuracy"]
-    gates.append(_gate("min_accuracy", accuracy, params.min_accuracy, accuracy >= params.min_accuracy, "absolute test accuracy (percent)"))
-    gates.append(_gate("max_ece", challenger["ece"], params.max_ece, challenger["ece"] <= params.max_ece, "expected calibration error after temperature scaling"))
+    gates.append(
+        _gate(
+            "min_accuracy",
+            accuracy,
+            params.min_accuracy,
+            accuracy >= params.min_accuracy,
+            "absolute test accuracy (percent)",
+        )
+    )
+    gates.append(
+        _gate(
+            "max_ece",
+            challenger["ece"],
+            params.max_ece,
+            challenger["ece"] <= params.max_ece,
+            "expected calibration error after temperature scaling",
+        )
+    )
     if champion is not None:
         needed = champion["accuracy"] + params.margin
-        gates.append(_gate("beats_champion", accuracy, round(needed, 4), accuracy >= needed, "accuracy >= champion + margin"))
+        gates.append(
+            _gate("beats_champion", accuracy, round(needed, 4), accuracy >= needed, "accuracy >= champion + margin")
+        )
         for subset, theirs in sorted(champion["subsets"].items()):
             ours = challenger["subsets"].get(subset, 0.0)
             floor = theirs - params.subset_tolerance
-            gates.append(_gate(f"subset:{subset}", ours, round(floor, 4), ours >= floor, "no modality subset worse than the champion by more than the tolerance"))
+            gates.append(
+                _gate(
+                    f"subset:{subset}",
+                    ours,
+                    round(floor, 4),
+                    ours >= floor,
+                    "no modality subset worse than the champion by more than the tolerance",
+                )
+            )
     failed = [g["gate"] for g in gates if not g["passed"]]
     return {
         "verdict": "reject" if failed else "promote",
@@ -106,14 +136,20 @@ def run(
     validation_passed = bool(json.loads(Path(validation).read_text()).get("success"))
     challenger = scorer(candidate)
     current = registry.champion()
-    changed = _changed_files(Path(current.path), candidate, calibration_path, reference) if current is not None else None
+    changed = (
+        _changed_files(Path(current.path), candidate, calibration_path, reference) if current is not None else None
+    )
     same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
     champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
     record = decide(challenger, champion_scores, validation_passed, params)
     record["champion_tag"] = str(current.tag) if current is not None else None
     if same_weights and not changed:
-        record.update(verdict="keep", failed_gates=[], detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote")
+        record.update(
+            verdict="keep",
+            failed_gates=[],
+            detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote",
+        )
     elif same_weights and record["verdict"] == "promote":
         record["detail"] = (
             "the champion's weights with a new calibration or drift reference: promoted as a new version, "
@@ -133,10 +169,18 @@ def run(
                 "temperature": temperature,
                 "git_commit": _git_commit(),
                 "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
-                "preprocessing": json.loads((candidate / "config.json").read_text()).get("preprocessing", {}).get("params", {}),
+                "preprocessing": json.loads((candidate / "config.json").read_text())
+                .get("preprocessing", {})
+                .get("params", {}),
             }
             record["promoted_tag"] = registry.promote(artifact, metadata)
-    registry.log_decision({"action": "promote", **{k: record[k] for k in ("verdict", "failed_gates", "champion_tag")}, "promoted_tag": record.get("promoted_tag")})
+    registry.log_decision(
+        {
+            "action": "promote",
+            **{k: record[k] for k in ("verdict", "failed_gates", "champion_tag")},
+            "promoted_tag": record.get("promoted_tag"),
+        }
+    )
     write_json(Path(decision), record)
     return record
 
@@ -161,15 +205,22 @@ def main(
     """Stage 7: challenger vs champion through the gates; the winner becomes the champion."""
     params = load_params()
     record = run(
-        candidate=candidate, calibration=calibration, validation=validation, decision=decision, params=params.promote,
-        scorer=test_split_scorer(processed, calibration, params.evaluate), reference=reference,
-    )  # fmt: skip
+        candidate=candidate,
+        calibration=calibration,
+        validation=validation,
+        decision=decision,
+        params=params.promote,
+        scorer=test_split_scorer(processed, calibration, params.evaluate),
+        reference=reference,
+    )
     if record["verdict"] == "promote":
         console.print(f"[green]promoted[/] {record['promoted_tag']}")
     elif record["verdict"] == "keep":
         console.print(f"[yellow]kept[/] {record['champion_tag']}: {record['detail']}")
     else:
-        console.print(f"[yellow]champion kept[/] ({record['champion_tag']}): failed gate(s) {', '.join(record['failed_gates'])}")
+        console.print(
+            f"[yellow]champion kept[/] ({record['champion_tag']}): failed gate(s) {', '.join(record['failed_gates'])}"
+        )
 
 
 if __name__ == "__main__":

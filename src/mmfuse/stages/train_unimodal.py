@@ -30,7 +30,10 @@ def main(
 ) -> None:
     """Stage 4 (unimodal part): see the module docstring."""
     summary = run(processed=processed, models=models, curves=curves, metrics=metrics, params=load_params().train)
-    for name, result in {**summary["baselines"], **({"fusion model": summary["candidate"]} if "candidate" in summary else {})}.items():
+    for name, result in {
+        **summary["baselines"],
+        **({"fusion model": summary["candidate"]} if "candidate" in summary else {}),
+    }.items():
         console.print(f"[green]trained[/] {name}: val accuracy {result['val_accuracy']:.2f} %")
 
 

@@ -31,7 +31,9 @@ def main(
     """Stage 2: Great Expectations over the manifest and the media; stops on critical failures."""
     params = load_params()
     result = run(raw=raw, docs=docs, summary=summary, data=params.data, params=params.validate_)
-    console.print(f"[green]validation passed[/]: {result['rows']} rows, {result['warnings']} warning(s); Data Docs in {docs}")
+    console.print(
+        f"[green]validation passed[/]: {result['rows']} rows, {result['warnings']} warning(s); Data Docs in {docs}"
+    )
 
 
 if __name__ == "__main__":

@@ -99,19 +99,29 @@ def train_model(
     train = load_split(processed_dir, "train").with_any(columns)
     val = load_split(processed_dir, "val").with_any(columns)
     spec = ModelSpec(
-        modalities=modalities, fusion=fusion, n_classes=len(meta["labels"]),
-        shapes={m: sample_shapes(train)[m] for m in modalities}, vocab_size=vocab_size(meta), arch=params.arch,
-    )  # fmt: skip
+        modalities=modalities,
+        fusion=fusion,
+        n_classes=len(meta["labels"]),
+        shapes={m: sample_shapes(train)[m] for m in modalities},
+        vocab_size=vocab_size(meta),
+        arch=params.arch,
+    )
     name = subset_name(modalities) + ("" if len(modalities) == 1 else f" ({fusion})")
     sources = {m: Path(encoders_from[m]) for m in modalities} if encoders_from else {}
     unimodal = {m: load_model(path)[0] for m, path in sources.items()}
     started = time.perf_counter()
     with deterministic(params.threads):
         model, state, epoch_seconds = fit(
-            spec, params, train, val, Path(checkpoint_dir) / CHECKPOINT,
+            spec,
+            params,
+            train,
+            val,
+            Path(checkpoint_dir) / CHECKPOINT,
             fingerprint(spec, params, processed_dir, [path / WEIGHTS for path in sources.values()]),
-            name, unimodal, epoch_hook,
-        )  # fmt: skip
+            name,
+            unimodal,
+            epoch_hook,
+        )
         scores = subset_scores(model, val, params.eval_batch_size)
     full = scores["subsets"][subset_name(modalities)]
     metrics = {
@@ -125,7 +135,12 @@ def train_model(
         "epochs_run": state["epoch"],
         "parameters": count_parameters(model),
     }
-    save_artifact(Path(out_dir), model, {"labels": meta["labels"], "preprocessing": meta, "train": _recorded_params(params, modalities)}, metrics)
+    save_artifact(
+        Path(out_dir),
+        model,
+        {"labels": meta["labels"], "preprocessing": meta, "train": _recorded_params(params, modalities)},
+        metrics,
+    )
     write_curve(Path(plots_path), state["history"])
     seconds = time.perf_counter() - started
     run_epochs = len(epoch_seconds)
@@ -166,7 +181,9 @@ def _adopted_encoders(models_dir: Path, modalities: tuple[str, ...]) -> dict[str
     return sources
 
 
-def train_part(part: str, *, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path) -> dict[str, Any]:
+def train_part(
+    part: str, *, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path
+) -> dict[str, Any]:
     """Train one part: "unimodal" (models/baselines/{image,audio,text}) or "fusion" (the three
     pairs in models/baselines/<pair>/, then the fusion model in models/candidate/).
 
@@ -186,10 +203,15 @@ def train_part(part: str, *, processed: Path, models: Path, params: TrainParams,
         out_dir = models / "candidate" if name == "candidate" else models / "baselines" / name
         staged = params.pretrained_encoders and len(modalities) > 1
         results[name] = train_model(
-            processed, out_dir, part_params, modalities, fusion,
-            models / ".checkpoints" / name, Path(curves) / f"{name}.csv",
+            processed,
+            out_dir,
+            part_params,
+            modalities,
+            fusion,
+            models / ".checkpoints" / name,
+            Path(curves) / f"{name}.csv",
             encoders_from=_adopted_encoders(models, modalities) if staged else None,
-        )  # fmt: skip
+        )
     candidate = results.pop("candidate", None)
     summary = {"baselines": results, **({"candidate": candidate} if candidate else {})}
     write_json(Path(metrics), summary)

@@ -74,11 +74,18 @@ def fit(
         raise ConfigError(f"train.batch_size {params.batch_size} is larger than the {len(train)} training samples.")
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=params.lr, total_steps=epochs * steps, pct_start=params.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=params.lr, total_steps=epochs * steps, pct_start=params.warmup_fraction
+    )
     state: dict[str, Any] = {
-        "fingerprint": fingerprint, "epoch": 0, "history": [], "best_loss": math.inf,
-        "best_epoch": 0, "best_model": None, "bad_epochs": 0,
-    }  # fmt: skip
+        "fingerprint": fingerprint,
+        "epoch": 0,
+        "history": [],
+        "best_loss": math.inf,
+        "best_epoch": 0,
+        "best_model": None,
+        "bad_epochs": 0,
+    }
     resumed = load_checkpoint(checkpoint, fingerprint)
     if resumed is not None:
         state = resumed
@@ -95,7 +102,9 @@ def fit(
             order = torch.randperm(len(train))
             total = torch.zeros((), dtype=torch.float64)
             for step in range(steps):
-                loss = training_loss(model, train.batch(order[step * params.batch_size : (step + 1) * params.batch_size]), params)
+                loss = training_loss(
+                    model, train.batch(order[step * params.batch_size : (step + 1) * params.batch_size]), params
+                )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -107,7 +116,19 @@ def fit(
             subset_loss = sum(s["loss"] for s in scores.values()) / len(scores)
             state["epoch"] += 1
             state["history"].append(
-                dict(zip(CURVE_COLUMNS, (state["epoch"], scheduler.get_last_lr()[0], float(total) / steps, full["loss"], full["accuracy"], subset_loss)))
+                dict(
+                    zip(
+                        CURVE_COLUMNS,
+                        (
+                            state["epoch"],
+                            scheduler.get_last_lr()[0],
+                            float(total) / steps,
+                            full["loss"],
+                            full["accuracy"],
+                            subset_loss,
+                        ),
+                    )
+                )
             )
             if subset_loss < state["best_loss"]:
                 state.update(best_loss=subset_loss, best_epoch=state["epoch"], bad_epochs=0)
@@ -131,4 +152,6 @@ def write_curve(path: Path, history: list[dict[str, float]]) -> None:
     with atomic_file(path) as handle:
         handle.write(",".join(CURVE_COLUMNS) + "\n")
         for row in history:
-            handle.write(",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in CURVE_COLUMNS) + "\n")
+            handle.write(
+                ",".join(repr(row[c]) if isinstance(row[c], float) else str(row[c]) for c in CURVE_COLUMNS) + "\n"
+            )

@@ -44,5 +44,7 @@ def training_loss(model: MultimodalClassifier, batch: dict[str, torch.Tensor], p
         for i in range(present.shape[1]):
             rows = present[:, i]
             if bool(rows.any()):
-                loss = loss + params.aux_weight * F.cross_entropy(aux[rows, i], labels[rows], label_smoothing=params.label_smoothing)
+                loss = loss + params.aux_weight * F.cross_entropy(
+                    aux[rows, i], labels[rows], label_smoothing=params.label_smoothing
+                )
     return loss

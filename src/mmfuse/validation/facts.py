@@ -38,7 +38,15 @@ FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_I",
 
 IMAGE_COLUMNS = ("decodable", "error", "width", "height", "mode", "sha256")
 AUDIO_COLUMNS = (
-    "decodable", "error", "sample_rate", "channels", "duration_s", "peak", "clipping_share", "silence_share", "sha256"
+    "decodable",
+    "error",
+    "sample_rate",
+    "channels",
+    "duration_s",
+    "peak",
+    "clipping_share",
+    "silence_share",
+    "sha256",
 )
 MISSING = "missing"
 
@@ -229,4 +237,3 @@ def collect_facts(
             out[f"{kind}_{name}"] = table[name]
     out["text_length"] = frame["text"].str.len()
     return out
-

@@ -23,11 +23,11 @@ from great_expectations.data_context.types.base import (
 )
 from rich.console import Console
 
-from mmfuse.params.validate import ValidateParams
 from mmfuse.data.manifest import read_manifest
-from mmfuse.modality import MODALITIES
 from mmfuse.errors import ValidationFailed
 from mmfuse.io import atomic_dir, write_json
+from mmfuse.modality import MODALITIES
+from mmfuse.params.validate import ValidateParams
 from mmfuse.validation.facts import collect_facts
 from mmfuse.validation.suites import SUITES, Check, build_checks, validation_table
 
@@ -180,9 +180,7 @@ def run_validation(manifest_path: Path, params: ValidateParams, docs_dir: Path, 
 
     for entry in entries:
         if not entry["critical"] and not entry["success"]:
-            console.print(
-                f"warning: {_describe(entry)}", style="yellow", markup=False, highlight=False, soft_wrap=True
-            )
+            console.print(f"warning: {_describe(entry)}", style="yellow", markup=False, highlight=False, soft_wrap=True)
     failed = [entry for entry in entries if entry["critical"] and not entry["success"]]
     if failed:
         lines = "\n".join(f"  - {_describe(entry)}" for entry in failed)

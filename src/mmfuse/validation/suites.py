@@ -19,9 +19,9 @@ import great_expectations as gx
 import pandas as pd
 from great_expectations.expectations import Expectation
 
-from mmfuse.params.validate import ValidateParams
 from mmfuse.data.manifest import REQUIRED_COLUMNS, SPLITS, row_flags, unsafe_path_reason
 from mmfuse.modality import MODALITIES
+from mmfuse.params.validate import ValidateParams
 
 SUITES = ("manifest", "media", "leakage")
 IMAGE_MODES = ("L", "RGB", "RGBA", "P")
@@ -117,64 +117,195 @@ def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]
     lengths = gx.expectations.ExpectColumnValueLengthsToBeBetween
     sides = {"min_value": params.image_min_side, "max_value": params.image_max_side}
     side_why = "Image sides outside the range break preprocessing."
-    manifest = [
-        _check(f"{column}_column_exists", "manifest", gx.expectations.ExpectColumnToExist, CRITICAL,
-               "The manifest contract requires this column.", column=column)
-        for column in REQUIRED_COLUMNS
-    ] + [
-        _check("sample_id_present", "manifest", lengths, CRITICAL, "Every row needs an id.",
-               column="sample_id", min_value=1),
-        _check("sample_id_unique", "manifest", gx.expectations.ExpectColumnValuesToBeUnique, CRITICAL,
-               "Ids name rows in predictions and logs.", column="sample_id"),
-        _check("split_known", "manifest", in_set, CRITICAL, "Rows outside train/val/test are never used.",
-               column="split", value_set=list(SPLITS)),
-        _check("label_present", "manifest", lengths, CRITICAL, "Every row needs a label.",
-               column="label", min_value=1),
-        _check("label_seen_in_train", "manifest", in_set, CRITICAL,
-               "A val/test label never seen in train cannot be predicted.",
-               detail="label", column="eval_label", value_set=train_labels),
-        _check("has_modality", "manifest", in_set, CRITICAL, f"Each row needs one of {', '.join(MODALITIES)}.",
-               detail="sample_id", column="has_modality", value_set=[True]),
-    ] + [
-        _check(f"{modality}_in_every_split", "manifest", gx.expectations.ExpectColumnDistinctValuesToContainSet,
-               CRITICAL, f"A model is trained, selected and tested per modality: train, val and test each need rows with {modality}.",
-               column=f"{modality}_split", value_set=list(SPLITS))
-        for modality in MODALITIES
-    ] + [
-        _check(f"{kind}_path_safe", "manifest", in_set, CRITICAL, "Media paths must stay inside the dataset root.",
-               detail=f"{kind}_path_problem", column=f"{kind}_path_safe", value_set=[True])
-        for kind in ("image", "audio")
-    ]
+    manifest = (
+        [
+            _check(
+                f"{column}_column_exists",
+                "manifest",
+                gx.expectations.ExpectColumnToExist,
+                CRITICAL,
+                "The manifest contract requires this column.",
+                column=column,
+            )
+            for column in REQUIRED_COLUMNS
+        ]
+        + [
+            _check(
+                "sample_id_present",
+                "manifest",
+                lengths,
+                CRITICAL,
+                "Every row needs an id.",
+                column="sample_id",
+                min_value=1,
+            ),
+            _check(
+                "sample_id_unique",
+                "manifest",
+                gx.expectations.ExpectColumnValuesToBeUnique,
+                CRITICAL,
+                "Ids name rows in predictions and logs.",
+                column="sample_id",
+            ),
+            _check(
+                "split_known",
+                "manifest",
+                in_set,
+                CRITICAL,
+                "Rows outside train/val/test are never used.",
+                column="split",
+                value_set=list(SPLITS),
+            ),
+            _check(
+                "label_present", "manifest", lengths, CRITICAL, "Every row needs a label.", column="label", min_value=1
+            ),
+            _check(
+                "label_seen_in_train",
+                "manifest",
+                in_set,
+                CRITICAL,
+                "A val/test label never seen in train cannot be predicted.",
+                detail="label",
+                column="eval_label",
+                value_set=train_labels,
+            ),
+            _check(
+                "has_modality",
+                "manifest",
+                in_set,
+                CRITICAL,
+                f"Each row needs one of {', '.join(MODALITIES)}.",
+                detail="sample_id",
+                column="has_modality",
+                value_set=[True],
+            ),
+        ]
+        + [
+            _check(
+                f"{modality}_in_every_split",
+                "manifest",
+                gx.expectations.ExpectColumnDistinctValuesToContainSet,
+                CRITICAL,
+                f"A model is trained, selected and tested per modality: train, val and test each need rows with {modality}.",  # noqa: E501
+                column=f"{modality}_split",
+                value_set=list(SPLITS),
+            )
+            for modality in MODALITIES
+        ]
+        + [
+            _check(
+                f"{kind}_path_safe",
+                "manifest",
+                in_set,
+                CRITICAL,
+                "Media paths must stay inside the dataset root.",
+                detail=f"{kind}_path_problem",
+                column=f"{kind}_path_safe",
+                value_set=[True],
+            )
+            for kind in ("image", "audio")
+        ]
+    )
     media = [
-        _check("image_decodable", "media", in_set, CRITICAL, "Every referenced image must decode.",
-               detail="image_error", column="image_decodable", value_set=[True]),
-        _check("audio_decodable", "media", in_set, CRITICAL, "Every referenced clip must decode.",
-               detail="audio_error", column="audio_decodable", value_set=[True]),
+        _check(
+            "image_decodable",
+            "media",
+            in_set,
+            CRITICAL,
+            "Every referenced image must decode.",
+            detail="image_error",
+            column="image_decodable",
+            value_set=[True],
+        ),
+        _check(
+            "audio_decodable",
+            "media",
+            in_set,
+            CRITICAL,
+            "Every referenced clip must decode.",
+            detail="audio_error",
+            column="audio_decodable",
+            value_set=[True],
+        ),
         _check("image_width_in_range", "media", between, CRITICAL, side_why, column="image_width", **sides),
         _check("image_height_in_range", "media", between, CRITICAL, side_why, column="image_height", **sides),
-        _check("audio_sample_rate_allowed", "media", in_set, CRITICAL,
-               "An unexpected sample rate signals a wrong source.",
-               column="audio_sample_rate", value_set=list(params.audio_sample_rates)),
-        _check("audio_duration_in_range", "media", between, CRITICAL,
-               "A clip too short carries nothing; too long, it exhausts memory.", column="audio_duration_s",
-               min_value=params.audio_min_duration_s, max_value=params.audio_max_duration_s),
-        _check("text_length_in_range", "media", between, CRITICAL, "Overlong text is not a transcript.",
-               column="text_length", min_value=0, max_value=params.text_max_length),
-        _check("audio_clipping_low", "media", between, WARNING,
-               "Share of samples at full scale (|x| >= 0.999 for integer PCM, >= 1.0 for float).",
-               column="audio_clipping_share", max_value=params.audio_max_clipping_share),
-        _check("audio_silence_low", "media", between, WARNING,
-               f"Share of 20 ms frames below {params.audio_silence_dbfs} dBFS.",
-               column="audio_silence_share", max_value=params.audio_max_silence_share),
-        _check("image_mode_common", "media", in_set, WARNING, "Unusual image modes are converted lossily.",
-               column="image_mode", value_set=list(IMAGE_MODES)),
-        _check("audio_channels_common", "media", in_set, WARNING, "Audio with more than two channels is mixed down.",
-               column="audio_channels", value_set=list(AUDIO_CHANNELS)),
+        _check(
+            "audio_sample_rate_allowed",
+            "media",
+            in_set,
+            CRITICAL,
+            "An unexpected sample rate signals a wrong source.",
+            column="audio_sample_rate",
+            value_set=list(params.audio_sample_rates),
+        ),
+        _check(
+            "audio_duration_in_range",
+            "media",
+            between,
+            CRITICAL,
+            "A clip too short carries nothing; too long, it exhausts memory.",
+            column="audio_duration_s",
+            min_value=params.audio_min_duration_s,
+            max_value=params.audio_max_duration_s,
+        ),
+        _check(
+            "text_length_in_range",
+            "media",
+            between,
+            CRITICAL,
+            "Overlong text is not a transcript.",
+            column="text_length",
+            min_value=0,
+            max_value=params.text_max_length,
+        ),
+        _check(
+            "audio_clipping_low",
+            "media",
+            between,
+            WARNING,
+            "Share of samples at full scale (|x| >= 0.999 for integer PCM, >= 1.0 for float).",
+            column="audio_clipping_share",
+            max_value=params.audio_max_clipping_share,
+        ),
+        _check(
+            "audio_silence_low",
+            "media",
+            between,
+            WARNING,
+            f"Share of 20 ms frames below {params.audio_silence_dbfs} dBFS.",
+            column="audio_silence_share",
+            max_value=params.audio_max_silence_share,
+        ),
+        _check(
+            "image_mode_common",
+            "media",
+            in_set,
+            WARNING,
+            "Unusual image modes are converted lossily.",
+            column="image_mode",
+            value_set=list(IMAGE_MODES),
+        ),
+        _check(
+            "audio_channels_common",
+            "media",
+            in_set,
+            WARNING,
+            "Audio with more than two channels is mixed down.",
+            column="audio_channels",
+            value_set=list(AUDIO_CHANNELS),
+        ),
     ]
     leakage = [
-        _check(f"{kind}_not_in_other_split", "leakage", in_set, CRITICAL,
-               f"The same {kind} in two splits leaks evaluation data into training.",
-               detail=f"{kind}_leak", column=f"{kind}_crosses_split", value_set=[False])
+        _check(
+            f"{kind}_not_in_other_split",
+            "leakage",
+            in_set,
+            CRITICAL,
+            f"The same {kind} in two splits leaks evaluation data into training.",
+            detail=f"{kind}_leak",
+            column=f"{kind}_crosses_split",
+            value_set=[False],
+        )
         for kind in ("image", "audio")
     ]
     return manifest + media + leakage
