@@ -14,8 +14,10 @@ import soundfile as sf
 from PIL import Image
 
 from mmfuse.data.manifest import REQUIRED_COLUMNS, read_manifest
-from mmfuse.errors import ValidationFailed
+from mmfuse.errors import MediaError, ValidationFailed
+from mmfuse.params.preprocess import PreprocessParams, TextParams
 from mmfuse.params.validate import ValidateParams
+from mmfuse.preprocess.text import clean_text
 from mmfuse.validation import run_validation
 from mmfuse.validation.facts import audio_facts, collect_facts, image_facts
 
@@ -45,6 +47,7 @@ class Dataset:
     root: Path
     reports: Path
     rows: list[dict[str, str]] = field(default_factory=list)
+    contract: PreprocessParams = PreprocessParams()
 
     def row(self, sample_id: str) -> dict[str, str]:
         return next(r for r in self.rows if r["sample_id"] == sample_id)
@@ -59,7 +62,9 @@ class Dataset:
         return self.reports / "validation.json"
 
     def validate(self) -> dict:
-        return run_validation(self.manifest(), ValidateParams(), self.reports / "data_docs", self.summary_path)
+        return run_validation(
+            self.manifest(), ValidateParams(), self.contract, self.reports / "data_docs", self.summary_path
+        )
 
     def fail(self) -> tuple[str, dict]:
         """Validate expecting a critical failure: the message and the summary written before raising."""
@@ -222,13 +227,24 @@ def test_duplicate_sample_id_fails(dataset):
 
 def test_unknown_split_and_out_of_range_media_fail(dataset):
     dataset.row("s1")["split"] = "dev"
-    sf.write(dataset.root / "audio" / "3.wav", tone(400), 11025)
-    dataset.row("s4")["text"] = "x" * 501
+    sf.write(dataset.root / "audio" / "3.wav", tone(400), 4000)  # below preprocess.audio.min_input_rate
+    dataset.row("s4")["text"] = "x" * 1001  # over preprocess.text.max_chars
     _, summary = dataset.fail()
     assert failed_names(summary) == {"split_known", "audio_sample_rate_allowed", "text_length_in_range"}
-    assert entry(summary, "audio_sample_rate_allowed")["examples"] == [{"row": 4, "sample_id": "s3", "value": 11025}]
-    assert entry(summary, "text_length_in_range")["examples"] == [{"row": 5, "sample_id": "s4", "value": 501}]
+    assert entry(summary, "audio_sample_rate_allowed")["examples"] == [{"row": 4, "sample_id": "s3", "value": 4000}]
+    assert entry(summary, "text_length_in_range")["examples"] == [{"row": 5, "sample_id": "s4", "value": 1001}]
     assert summary["critical_failures"] == 3
+
+
+def test_the_limits_are_the_input_contract_that_preprocessing_and_the_service_read(dataset):
+    """One contract: a tighter preprocess.text.max_chars is what validation enforces too."""
+    dataset.contract = PreprocessParams(text=TextParams(max_chars=7))  # the other rows' texts are 7 long
+    dataset.row("s4")["text"] = "x" * 8
+    _, summary = dataset.fail()
+    assert failed_names(summary) == {"text_length_in_range"}
+    assert entry(summary, "text_length_in_range")["examples"] == [{"row": 5, "sample_id": "s4", "value": 8}]
+    with pytest.raises(MediaError, match="8 characters is over the limit of 7"):
+        clean_text("x" * 8, dataset.contract.text)
 
 
 def test_mostly_silent_clip_is_only_a_warning(dataset, capsys):

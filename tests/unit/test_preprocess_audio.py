@@ -111,14 +111,15 @@ def test_too_many_mel_bands_for_the_fft_is_a_config_error():
         (lambda wav: b"", "audio: the payload is empty"),
         (lambda wav: wav(np.zeros(0, dtype=np.float32)), "audio: the file holds 0 samples"),
         (
-            lambda wav: wav(np.array([0.1, np.nan, 0.2], dtype=np.float32), subtype="FLOAT"),
-            "audio: 1 of 3 samples are NaN",
+            lambda wav: wav(np.insert(np.full(800, 0.1, dtype=np.float32), 400, np.nan), subtype="FLOAT"),
+            "audio: 1 of 801 samples are NaN",
         ),
         (lambda wav: wav(np.zeros(11 * 8000, dtype=np.float32)), "audio: 11.0 s is longer than the limit"),
+        (lambda wav: wav(np.zeros(1, dtype=np.float32)), "audio: 0.1 ms is shorter than the minimum of 0.05 s"),
         (lambda wav: wav(np.zeros(400, dtype=np.float32), rate=4000), "audio: sample rate 4000 Hz is outside"),
         (lambda wav: b"RIFF\x00\x00\x00\x00WAVEnot really", "audio: the bytes are not a readable WAV"),
     ],
-    ids=["empty", "zero-samples", "nan", "too-long", "rate", "garbage"],
+    ids=["empty", "zero-samples", "nan", "too-long", "too-short", "rate", "garbage"],
 )
 def test_bad_audio_gives_a_specific_media_error(make_wav, payload, message):
     with pytest.raises(MediaError, match=message) as raised:

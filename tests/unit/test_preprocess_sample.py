@@ -66,8 +66,8 @@ def test_state_round_trips_through_json_exactly(state):
         (lambda img, wav, digit: (None, b"", None), "audio: the payload is empty"),
         (lambda img, wav, digit: (None, wav(np.zeros(0, dtype=np.float32)), None), "audio: the file holds 0 samples"),
         (
-            lambda img, wav, digit: (None, wav(np.full(100, np.nan, dtype=np.float32), subtype="FLOAT"), None),
-            "audio: 100 of 100 samples are NaN",
+            lambda img, wav, digit: (None, wav(np.full(800, np.nan, dtype=np.float32), subtype="FLOAT"), None),
+            "audio: 800 of 800 samples are NaN",
         ),
         (lambda img, wav, digit: (img(np.zeros((1, 1), dtype=np.uint8)), None, None), "image: 1x1 pixels is too small"),
         (lambda img, wav, digit: (img(digit(2))[:80], None, None), "image: the PNG data is truncated"),

@@ -50,6 +50,7 @@ class AudioParams(Section):
     sample_rate: int = Field(8000, ge=4000, le=48000)
     min_input_rate: int = Field(8000, ge=1)
     max_input_rate: int = Field(48000, ge=1)
+    min_seconds: float = Field(0.05, ge=0)
     max_seconds: float = Field(10.0, gt=0)
     max_bytes: int = Field(50_000_000, ge=1)
     trim: bool = True
@@ -74,6 +75,8 @@ class AudioParams(Section):
     def _geometry(self) -> "AudioParams":
         if self.min_input_rate > self.max_input_rate:
             raise ValueError("min_input_rate must be <= max_input_rate")
+        if self.min_seconds >= self.max_seconds:
+            raise ValueError("min_seconds must be < max_seconds")
         if self.hop_length > self.n_fft:
             raise ValueError("hop_length must be <= n_fft")
         top = self.fmax if self.fmax is not None else self.sample_rate / 2

@@ -39,6 +39,13 @@ def decode_audio(source: bytes | Path, params: AudioParams) -> tuple[np.ndarray,
                     f"sample rate {rate} Hz is outside the accepted {params.min_input_rate}-{params.max_input_rate} Hz.",  # noqa: E501
                     modality="audio",
                 )
+            if frames == 0:
+                raise MediaError("the file holds 0 samples.", modality="audio")
+            if frames < params.min_seconds * rate:
+                raise MediaError(
+                    f"{frames / rate * 1000:.1f} ms is shorter than the minimum of {params.min_seconds} s.",
+                    modality="audio",
+                )
             if frames > params.max_seconds * rate:
                 raise MediaError(
                     f"{frames / rate:.1f} s is longer than the limit of {params.max_seconds} s.", modality="audio"

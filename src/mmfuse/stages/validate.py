@@ -13,14 +13,18 @@ import typer
 from mmfuse.data.manifest import dataset_manifest
 from mmfuse.params import load_params
 from mmfuse.params.data import DataParams
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
 from mmfuse.stages import console, stage_cli
 from mmfuse.validation.runner import run_validation
 
 
-def run(*, raw: Path, docs: Path, summary: Path, data: DataParams, params: ValidateParams) -> dict:
-    """Validate the ingested dataset under `raw`; write Data Docs to `docs` and the summary to `summary`."""
-    return run_validation(dataset_manifest(data, raw), params, docs, summary)
+def run(
+    *, raw: Path, docs: Path, summary: Path, data: DataParams, params: ValidateParams, contract: PreprocessParams
+) -> dict:
+    """Validate the ingested dataset under `raw` against `params` and the input contract (the preprocess params);
+    write Data Docs to `docs` and the summary to `summary`."""
+    return run_validation(dataset_manifest(data, raw), params, contract, docs, summary)
 
 
 def main(
@@ -30,7 +34,9 @@ def main(
 ) -> None:
     """Stage 2: Great Expectations over the manifest and the media; stops on critical failures."""
     params = load_params()
-    result = run(raw=raw, docs=docs, summary=summary, data=params.data, params=params.validate_)
+    result = run(
+        raw=raw, docs=docs, summary=summary, data=params.data, params=params.validate_, contract=params.preprocess
+    )
     console.print(
         f"[green]validation passed[/]: {result['rows']} rows, {result['warnings']} warning(s); Data Docs in {docs}"
     )

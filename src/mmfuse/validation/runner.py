@@ -27,6 +27,7 @@ from mmfuse.data.manifest import read_manifest
 from mmfuse.errors import ValidationFailed
 from mmfuse.io import atomic_dir, write_json
 from mmfuse.modality import MODALITIES
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
 from mmfuse.validation.facts import collect_facts
 from mmfuse.validation.suites import SUITES, Check, build_checks, validation_table
@@ -156,7 +157,9 @@ def _summary(manifest: pd.DataFrame, entries: list[dict[str, Any]], docs_index: 
     }
 
 
-def run_validation(manifest_path: Path, params: ValidateParams, docs_dir: Path, summary_path: Path) -> dict:
+def run_validation(
+    manifest_path: Path, params: ValidateParams, contract: PreprocessParams, docs_dir: Path, summary_path: Path
+) -> dict:
     """Validate a dataset (the manifest's folder is its root); return the summary written to ``summary_path``.
 
     Data Docs are rebuilt from scratch in ``docs_dir`` (built aside, then
@@ -171,7 +174,7 @@ def run_validation(manifest_path: Path, params: ValidateParams, docs_dir: Path, 
     facts = collect_facts(manifest, manifest_path.parent, params.audio_silence_dbfs, console=console)
     table = validation_table(manifest, facts)
     train_labels = sorted(set(table.loc[table["split"].eq("train") & table["label"].ne(""), "label"]))
-    checks = build_checks(params, train_labels)
+    checks = build_checks(params, contract, train_labels)
     with atomic_dir(docs_dir) as build_dir:
         outcomes = _run_checkpoint(table, checks, build_dir, params.max_failing_examples)
     entries = [_entry(check, outcomes[check.name], table) for check in checks]

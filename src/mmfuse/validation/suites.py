@@ -21,6 +21,7 @@ from great_expectations.expectations import Expectation
 
 from mmfuse.data.manifest import REQUIRED_COLUMNS, SPLITS, row_flags, unsafe_path_reason
 from mmfuse.modality import MODALITIES
+from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
 
 SUITES = ("manifest", "media", "leakage")
@@ -110,12 +111,16 @@ def _check(
     return Check(name, suite, expectation, detail or kwargs["column"])
 
 
-def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]:
-    """All checks, in report order. ``train_labels`` is the label set val/test labels must come from."""
+def build_checks(params: ValidateParams, contract: PreprocessParams, train_labels: list[str]) -> list[Check]:
+    """All checks, in report order. ``train_labels`` is the label set val/test labels must come from.
+
+    The media limits are the input contract (``contract``: the preprocess params), so a file
+    validation accepts is one preprocessing and the service accept too.
+    """
     in_set = gx.expectations.ExpectColumnValuesToBeInSet
     between = gx.expectations.ExpectColumnValuesToBeBetween
     lengths = gx.expectations.ExpectColumnValueLengthsToBeBetween
-    sides = {"min_value": params.image_min_side, "max_value": params.image_max_side}
+    sides = {"min_value": contract.image.min_side, "max_value": contract.image.max_side}
     side_why = "Image sides outside the range break preprocessing."
     manifest = (
         [
@@ -232,11 +237,12 @@ def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]
         _check(
             "audio_sample_rate_allowed",
             "media",
-            in_set,
+            between,
             CRITICAL,
-            "An unexpected sample rate signals a wrong source.",
+            "Preprocessing and the service refuse sample rates outside the input contract.",
             column="audio_sample_rate",
-            value_set=list(params.audio_sample_rates),
+            min_value=contract.audio.min_input_rate,
+            max_value=contract.audio.max_input_rate,
         ),
         _check(
             "audio_duration_in_range",
@@ -245,8 +251,8 @@ def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]
             CRITICAL,
             "A clip too short carries nothing; too long, it exhausts memory.",
             column="audio_duration_s",
-            min_value=params.audio_min_duration_s,
-            max_value=params.audio_max_duration_s,
+            min_value=contract.audio.min_seconds,
+            max_value=contract.audio.max_seconds,
         ),
         _check(
             "text_length_in_range",
@@ -256,7 +262,7 @@ def build_checks(params: ValidateParams, train_labels: list[str]) -> list[Check]
             "Overlong text is not a transcript.",
             column="text_length",
             min_value=0,
-            max_value=params.text_max_length,
+            max_value=contract.text.max_chars,
         ),
         _check(
             "audio_clipping_low",
