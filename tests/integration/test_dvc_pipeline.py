@@ -14,7 +14,7 @@ import yaml
 from project_tools import run
 
 from mmfuse.models.artifact import load_model
-from mmfuse.orchestration.dvc import run_experiment
+from mmfuse.orchestration.dvc import StageFailed, repro_stage, run_experiment
 from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
@@ -73,3 +73,21 @@ def test_fusion_head_experiments_reuse_the_unimodal_models_and_compare_in_exp_sh
     by_name = {row["Experiment"]: row for row in table if row["Experiment"]}
     assert {by_name[f"head-{h}"]["train.fusion"] for h in heads} == set(heads)
     assert all(0 <= float(by_name[f"head-{h}"]["fused_accuracy"]) <= 100 for h in heads)
+
+
+def test_a_known_failure_is_told_from_a_transient_one_by_its_record_not_its_text(project_copy):
+    """The training flow retries only transient failures; a stage's MMFuseError leaves a JSON record."""
+    assert repro_stage("validate", project_copy).ran is False  # up to date: DVC skips it
+    manifest = project_copy / "data" / "external" / "tiny" / "manifest.csv"
+    manifest.write_text(manifest.read_text() + "evil,0,train,../../secret.png,,\n")
+    assert repro_stage("ingest", project_copy).ran is True
+    with pytest.raises(StageFailed) as known:
+        repro_stage("validate", project_copy)
+    assert known.value.transient is False and known.value.known["error"] == "ValidationFailed"
+    assert "evil" in known.value.known["message"]
+    stages = yaml.safe_load((project_copy / "dvc.yaml").read_text())
+    stages["stages"]["crash"] = {"cmd": "python -c 'import os; os.kill(os.getpid(), 9)'"}  # a kill, not a known error
+    (project_copy / "dvc.yaml").write_text(yaml.safe_dump(stages, sort_keys=False))
+    with pytest.raises(StageFailed) as crashed:
+        repro_stage("crash", project_copy)
+    assert crashed.value.transient is True and crashed.value.known is None
