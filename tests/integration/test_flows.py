@@ -89,6 +89,9 @@ def test_deployments_register_with_their_schedules_on_a_local_server(tmp_path, m
     assert [s.schedule.cron for s in training.schedules] == ["30 3 * * *"]
     assert [s.schedule.cron for s in monitoring.schedules] == ["15 * * * *"]
     assert training.parameters == {"project": str(ROOT)} and (tmp_path / ".prefect" / "prefect.db").exists()
+    # by module path, not a flows/ file relative to the working directory: runs from an installed wheel too
+    assert training.entrypoint == "mmfuse.orchestration.training.training_flow"
+    assert monitoring.entrypoint == "mmfuse.orchestration.monitoring.monitoring_flow"
 
 
 def test_the_reference_is_the_log_contract_and_deterministic(tiny_dataset, tmp_path):
