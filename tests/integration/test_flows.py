@@ -6,7 +6,6 @@ Also the drift reference and the traffic simulator against the in-process servic
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -50,11 +49,10 @@ def training_runs(deployment_id) -> int:
 
 def test_monitoring_flow_triggers_the_training_deployment_once_per_drifted_window(prefect_server, tmp_path):  # noqa: F811
     project, log = tmp_path, tmp_path / "log.sqlite"
-    shutil.rmtree(
-        registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True
-    )  # no champion: the project's reference counts
     (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
-    synthetic.reference_file(project / MonitorParams().reference_path)
+    artifact = build_artifact(project / "artifact")  # a champion carrying the synthetic reference
+    synthetic.reference_file(artifact / "reference.parquet")
+    registry.promote(artifact, {"source": "monitoring flow test"})
     deployment_id = training_flow.to_deployment(name="drift-test", parameters={"project": str(project)}).apply()
     now = datetime.now(timezone.utc)
     synthetic.log_traffic(log, 100, seed=11, start=now - timedelta(hours=3))

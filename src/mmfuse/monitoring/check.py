@@ -64,15 +64,16 @@ def trigger_training(deployment: str) -> Trigger:
     return _trigger
 
 
-def reference_path(project: Path, params: MonitorParams) -> Path:
-    """The champion's own reference when it carries one, else the pipeline's latest."""
+def champion_reference() -> Path:
+    """The drift reference the champion carries (promote stores it beside the weights): traffic is
+    compared with what the served model saw, never with a newer run that was not promoted."""
     try:
-        candidate = registry.champion_path() / REFERENCE_FILE
-        if candidate.exists():
-            return candidate
-    except registry.RegistryError:
-        pass
-    return Path(project) / params.reference_path
+        path = registry.champion_path() / REFERENCE_FILE
+    except registry.RegistryError as exc:
+        raise MMFuseError(f"nothing to compare traffic with: {exc}") from exc
+    if not path.exists():
+        raise MMFuseError(f"the champion carries no {REFERENCE_FILE}: run `dvc repro` so promote stores one beside it.")
+    return path
 
 
 def default_log(project: Path) -> Path:
@@ -109,7 +110,7 @@ def run_check(
         )
         write_json(out_dir / "latest.json", summary)
         return CheckResult("insufficient_data", len(window), summary=summary)
-    ref_path = reference or reference_path(project, params)
+    ref_path = reference or champion_reference()
     ref = read_reference(ref_path)
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     summary["reference"] = str(ref_path)

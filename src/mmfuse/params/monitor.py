@@ -16,7 +16,6 @@ class MonitorParams(Section):
     """Every knob of the drift reference and the monitoring flow."""
 
     reference_split: Literal["train", "val", "test"] = "val"  # held out from training, so its scores are honest
-    reference_path: str = "data/reference/reference.parquet"  # used when the champion carries no reference
     reference_batch: int = Field(64, ge=1)  # samples per model call while building it (memory only)
     min_records: int = Field(50, ge=1)  # fewer logged requests than this is "not enough data", never drift
     pca_components: int = Field(8, ge=1)  # embeddings are drift-tested on this many reference PCA projections
