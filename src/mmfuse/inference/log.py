@@ -67,9 +67,7 @@ CREATE TABLE IF NOT EXISTS inference (
     ts REAL NOT NULL,
     endpoint TEXT NOT NULL,
     model_version TEXT NOT NULL,
-    has_image INTEGER NOT NULL,
-    has_audio INTEGER NOT NULL,
-    has_text INTEGER NOT NULL,
+    {", ".join(f"{flag} INTEGER NOT NULL" for flag in FLAGS)},
     {", ".join(f"{name} REAL" for name in STAT_COLUMNS)},
     embedding BLOB NOT NULL,
     prediction TEXT NOT NULL,
@@ -305,21 +303,7 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     latency_ms, true_label (None until feedback arrives) and feedback_time.
     A naive `since` is taken as UTC. A log that does not exist yet reads as empty.
     """
-    columns = [
-        "request_id",
-        "time",
-        "endpoint",
-        "model_version",
-        *FLAGS,
-        *STAT_COLUMNS,
-        "embedding",
-        "prediction",
-        "confidence",
-        "probabilities",
-        "latency_ms",
-        "true_label",
-        "feedback_time",
-    ]
+    columns = ["time" if name == "ts" else name for name in _COLUMNS] + ["true_label", "feedback_time"]
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=columns)
