@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.io import write_json
+from mmfuse.serving import serve_command
 
 RESULT = Path("benchmarks/results/serve.json")
 GOALS = {"p50_ms": 10.0, "rps_c32": 300.0, "overhead_ratio": 3.0}
@@ -122,17 +123,7 @@ def start_server(workdir: Path, env: dict[str, str], timeout: float = 120.0) -> 
     import httpx
 
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "mmfuse.serving.service:MMFuse",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = serve_command("127.0.0.1", port)
     log = open(workdir / "server.log", "wb")
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from mmfuse.params.preprocess import AudioParams, ImageParams, PreprocessParams,
 from mmfuse.params.train import ArchParams, EncoderParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import Vocabulary
+from mmfuse.serving import serve_command
 from mmfuse.serving.auth import TOKEN_ENV
 from mmfuse.serving.service import MMFuse
 
@@ -170,17 +170,7 @@ def start_server(workdir: Path, extra_env: dict[str, str] | None = None, timeout
     port = free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     log_file = workdir / f"server-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "mmfuse.serving.service:MMFuse",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    command = serve_command("127.0.0.1", port)
     with open(log_file, "wb") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", process, log_file)

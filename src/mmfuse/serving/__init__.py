@@ -6,7 +6,14 @@ starts fast; BentoML and torch load only when serving starts.
 
 from __future__ import annotations
 
+import sys
+
 SERVICE = "mmfuse.serving.service:MMFuse"
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    """The `bentoml serve` command line of this service, in this interpreter (tests and benchmarks start it so)."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", host, "--port", str(port)]
 
 
 def serve(host: str, port: int) -> None:
