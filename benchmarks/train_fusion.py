@@ -35,7 +35,7 @@ from mmfuse.models.data import load_split
 from mmfuse.models.scoring import subset_scores
 from mmfuse.params import load_params
 from mmfuse.params.train import TrainParams
-from mmfuse.training.jobs import PARTS, train_model, train_part
+from mmfuse.training.jobs import train_all, train_model
 
 RESULTS = Path(__file__).parent / "results"
 IMBALANCE_VARIANTS = {  # all trained jointly from scratch, against the staged default
@@ -84,18 +84,13 @@ def main() -> None:
     shutil.rmtree(work / "stage", ignore_errors=True)  # always from scratch: no checkpoint to resume
     try:
         started = time.perf_counter()
-        summary: dict[str, Any] = {"baselines": {}}
-        for part in PARTS:
-            done = train_part(
-                part,
-                processed=args.processed,
-                models=work / "stage" / "models",
-                params=params,
-                curves=work / "stage" / "plots" / part,
-                metrics=work / "stage" / f"{part}.json",
-            )
-            summary["baselines"].update(done["baselines"])
-            summary.update({"candidate": done["candidate"]} if "candidate" in done else {})
+        summary = train_all(
+            processed=args.processed,
+            models=work / "stage" / "models",
+            params=params,
+            curves=work / "stage" / "plots",
+            metrics=work / "stage",
+        )
         stage_s = time.perf_counter() - started
         fusion = summary["candidate"]
         # Staged: producing the fusion model means training its three unimodal encoders first.

@@ -29,7 +29,7 @@ from mmfuse.modality import MODALITIES
 from mmfuse.models.data import load_split
 from mmfuse.params import load_params
 from mmfuse.params.train import FUSIONS, TrainParams
-from mmfuse.training.jobs import PARTS, train_model, train_part
+from mmfuse.training.jobs import train_all, train_model
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = ("image+audio", "image+text", "audio+text")
@@ -39,17 +39,7 @@ def _one_seed(processed: Path, work: Path, params: TrainParams) -> dict[str, Any
     """Every model of one seed, scored on test."""
     shutil.rmtree(work, ignore_errors=True)  # from scratch: no checkpoint to resume
     started = time.perf_counter()
-    summary: dict[str, Any] = {"baselines": {}}
-    for part in PARTS:
-        done = train_part(
-            part,
-            processed=processed,
-            models=work / "models",
-            params=params,
-            curves=work / "plots" / part,
-            metrics=work / f"{part}.json",
-        )
-        summary["baselines"].update(done["baselines"])
+    summary = train_all(processed=processed, models=work / "models", params=params, curves=work / "plots", metrics=work)
     stage_s = time.perf_counter() - started
     baselines = work / "models" / "baselines"
     test = load_split(processed, "test")

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from train_helpers import run_training
 
 from mmfuse.evaluation.predict import embeddings
 from mmfuse.evaluation.scoring import score_artifact
@@ -21,6 +20,7 @@ from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.train import TrainParams
 from mmfuse.preprocess.build import build_processed
 from mmfuse.stages.evaluate import run as run_evaluation
+from mmfuse.training.jobs import train_all
 
 PARAMS = EvaluateParams(latency_batch=8, latency_repeats=2)
 STABLE = (
@@ -48,7 +48,13 @@ def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.
     frame.to_csv(manifest, index=False)
     build_processed(manifest, root / "processed", PreprocessParams(workers=1))
     params = tiny_params.model_copy(update={"batch_size": 16, "epochs": 8})  # enough steps to beat chance clearly
-    run_training(root / "processed", root / "models", params, root / "curves", root / "metrics")
+    train_all(
+        processed=root / "processed",
+        models=root / "models",
+        params=params,
+        curves=root / "curves",
+        metrics=root / "metrics",
+    )
     return root, manifest
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_helpers import run_training
 
 from mmfuse.errors import ConfigError, MMFuseError
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
@@ -21,7 +20,7 @@ from mmfuse.models.data import load_split
 from mmfuse.params import load_params
 from mmfuse.params.train import TrainParams
 from mmfuse.training.checkpoints import CHECKPOINT
-from mmfuse.training.jobs import train_model
+from mmfuse.training.jobs import train_all, train_model, train_part
 
 ARTIFACT_FILES = ("model.safetensors", "config.json", "metrics.json")
 
@@ -147,15 +146,26 @@ def test_unknown_fusion_is_a_clear_config_error(processed_dir, tiny_params, tmp_
 
 def test_the_fusion_part_asks_for_the_unimodal_models_first(processed_dir, tiny_params, tmp_path) -> None:
     with pytest.raises(MMFuseError, match="dvc repro train_unimodal"):
-        run_training(
-            processed_dir, tmp_path / "models", tiny_params, tmp_path / "plots", tmp_path / "metrics", ("fusion",)
+        train_part(
+            "fusion",
+            processed=processed_dir,
+            models=tmp_path / "models",
+            params=tiny_params,
+            curves=tmp_path / "plots" / "fusion",
+            metrics=tmp_path / "metrics" / "train_fusion.json",
         )
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "models" / "baselines").exists()
 
 
 def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path) -> None:
     params = tiny_params.model_copy(update={"epochs": 2, "fusion": "gated"})
-    summary = run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics")
+    summary = train_all(
+        processed=processed_dir,
+        models=tmp_path / "models",
+        params=params,
+        curves=tmp_path / "plots",
+        metrics=tmp_path / "metrics",
+    )
     parts = {"unimodal": ["image", "audio", "text"], "fusion": ["image+audio", "image+text", "audio+text"]}
     assert sorted(summary["baselines"]) == sorted(parts["unimodal"] + parts["fusion"])
     for part, names in parts.items():
@@ -178,14 +188,27 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
         for key, value in unimodal.encoders[m].state_dict().items():
             assert torch.equal(fused.encoders[m].state_dict()[key], value), (m, key)
     before = (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes()
-    run_training(processed_dir, tmp_path / "models", params, tmp_path / "plots", tmp_path / "metrics")
+    train_all(
+        processed=processed_dir,
+        models=tmp_path / "models",
+        params=params,
+        curves=tmp_path / "plots",
+        metrics=tmp_path / "metrics",
+    )
     assert (
         tmp_path / "models" / "candidate" / "model.safetensors"
     ).read_bytes() == before  # finished models are reused
     # a fusion experiment reuses the unimodal stage: fusion knobs reach neither its weights nor its configs
     other = tmp_path / "other"
     fusion_only = params.model_copy(update={"fusion": "concat", "head_epochs": 1, "modality_dropout": 0.0})
-    run_training(processed_dir, other / "models", fusion_only, other / "plots", other / "metrics", ("unimodal",))
+    train_part(
+        "unimodal",
+        processed=processed_dir,
+        models=other / "models",
+        params=fusion_only,
+        curves=other / "plots" / "unimodal",
+        metrics=other / "metrics" / "train_unimodal.json",
+    )
     for m in MODALITIES:
         for name in ARTIFACT_FILES:
             assert (other / "models" / "baselines" / m / name).read_bytes() == (

@@ -216,3 +216,21 @@ def train_part(
     summary = {"baselines": results, **({"candidate": candidate} if candidate else {})}
     write_json(Path(metrics), summary)
     return summary
+
+
+def train_all(*, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path) -> dict[str, Any]:
+    """Both parts in order, outside DVC (benchmarks, tests), laid out as dvc.yaml lays them out:
+    curves/<part>/<name>.csv and metrics/train_<part>.json. Returns {"baselines": ..., "candidate": ...}."""
+    merged: dict[str, Any] = {"baselines": {}}
+    for part in PARTS:
+        summary = train_part(
+            part,
+            processed=processed,
+            models=models,
+            params=params,
+            curves=Path(curves) / part,
+            metrics=Path(metrics) / f"train_{part}.json",
+        )
+        merged["baselines"].update(summary["baselines"])
+        merged.update({"candidate": summary["candidate"]} if "candidate" in summary else {})
+    return merged
