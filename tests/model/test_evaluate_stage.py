@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mmfuse.evaluation.corruption import CORRUPTIONS
 from mmfuse.evaluation.predict import embeddings
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.models.artifact import load_model
@@ -24,6 +25,7 @@ from mmfuse.training.jobs import train_all
 
 PARAMS = EvaluateParams(latency_batch=8, latency_repeats=2)
 STABLE = (
+    "models/trust.safetensors",
     "metrics/evaluate.json",
     "models/calibration.json",
     "plots/confusion.csv",
@@ -69,6 +71,7 @@ def _evaluate(project: tuple[Path, Path], out: Path) -> dict:
         plots=out / "plots",
         metrics=out / "metrics" / "evaluate.json",
         calibration=out / "models" / "calibration.json",
+        trust=out / "models" / "trust.safetensors",
         train_metrics=[root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
     )
 
@@ -115,8 +118,8 @@ def test_metrics_cover_models_subsets_robustness_speakers_and_calibration(runs) 
         "audio+text",
     }
     assert metrics["models"]["text"]["count"] == 16  # a third of the 24 test samples have no text
-    assert set(metrics["robustness"]) == {"image_noise", "image_blur", "image_occlusion", "audio_snr", "text_typos"}
-    assert set(metrics["robustness"]["audio_snr"]) == {"fused", "late_fusion", "audio"}
+    assert set(metrics["robustness"]) == {c.name for c in CORRUPTIONS}
+    assert set(metrics["robustness"]["audio_snr"]) == {"fused", "robust", "masked", "late_fusion", "audio"}
     assert metrics["robustness"]["text_typos"]["late_fusion"]["effective"] == 0.0
     assert set(metrics["speakers"]) == {"ann", "ben"}
     assert metrics["complexity"]["fused"]["parameters"] > metrics["complexity"]["image"]["parameters"]
@@ -133,7 +136,8 @@ def test_plot_files_have_the_dvc_layouts(runs) -> None:
     with open(first / "plots/robustness.csv") as handle:
         curves = list(csv.DictReader(handle))
     assert set(curves[0]) == {"corruption", "modality", "severity", "level", "model", "accuracy"}
-    assert len(curves) == 5 * 3 * 7  # corruptions x (fused, reference, unimodal) x (clean + 6 levels)
+    # corruptions x (fused, robust, masked, reference, unimodal) x (clean + 6 levels)
+    assert len(curves) == len(CORRUPTIONS) * 5 * 7
     complexity = json.loads((first / "reports/complexity.json").read_text())
     assert complexity["models"]["fused"]["per_batch_ms"] > 0 and complexity["models"]["fused"]["train_seconds"] > 0
 
@@ -166,3 +170,24 @@ def test_re_encoding_one_modality_matches_a_full_forward(project) -> None:
         emb = embeddings(model, tensors, present, 7)  # batches of 7: the batching must not matter either
         emb[:, 1] = embeddings(model, noisy, only, 7)[:, 1]
         assert torch.allclose(model.fuse(emb, present)[0], model(noisy), atol=1e-5)
+
+
+def test_set_aside_is_judged_against_trusting_and_masking(runs) -> None:
+    """The served model (robust) beside trusting every input and masking the corrupted modality."""
+    first, _, metrics = runs
+    details = json.loads((first / "reports/details.json").read_text())
+    for curve in details["robustness"].values():
+        masked = curve["accuracy"]["masked"]
+        assert len(set(masked)) == 1  # masking ignores the corruption: flat
+        assert curve["accuracy"]["robust"][0] == metrics["robust_accuracy"]
+    worst = max(
+        max(c["accuracy"]["masked"][s], c["accuracy"]["fused"][s]) - c["accuracy"]["robust"][s]
+        for c in details["robustness"].values()
+        for s in range(1, len(c["levels"]))
+    )
+    assert metrics["corruption_regret_points"] == round(worst, 4)
+    assert metrics["corruption_regret_points"] == max(
+        metrics["corruption_regret_seen_points"], metrics["corruption_regret_unseen_points"]
+    )
+    assert 0.0 <= metrics["false_setaside_rate"] <= 1.0
+    assert metrics["trust"]["threshold"] == 1 - PARAMS.trust.false_alarm

@@ -64,8 +64,8 @@ def test_corruption_is_seeded_and_grows_with_the_level(prepared, name: str) -> N
             (noisy != clean).double().mean() if noisy.dtype == torch.int64 else (noisy - clean).abs().double().mean()
         )
 
-    assert 0 < distance(make(low)) < distance(make(high))
-    if name != "image_blur":  # blur draws no randomness
+    assert 0 <= distance(make(low)) < distance(make(high))  # a mild level may spare all of a tiny test set
+    if name not in ("image_blur", "image_inversion", "audio_clipping"):  # these draw no randomness
         assert not torch.equal(make(high, seed=0), make(high, seed=1))
 
 
@@ -101,5 +101,5 @@ def test_noise_levels_must_grow_in_severity() -> None:
 
 def test_occlusion_covers_the_requested_share() -> None:
     grey = np.ones((20, 20), dtype=np.float32)
-    out = BY_NAME["image_occlusion"].image_fn(grey, 0.25, np.random.default_rng(0))
+    out = BY_NAME["image_occlusion"].fn(grey, 0.25, np.random.default_rng(0))
     assert int((out == 0).sum()) == 100

@@ -57,3 +57,50 @@ def occlude(grey: np.ndarray, share: float, rng: np.random.Generator) -> np.ndar
     out = grey.copy()
     out[top : top + box_h, left : left + box_w] = 0.0
     return out
+
+
+def salt_pepper(grey: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """`share` of the pixels set to black or white at random (dead or hot sensor pixels)."""
+    hit = rng.random(grey.shape) < share
+    return np.where(hit, (rng.random(grey.shape) < 0.5).astype(np.float32), grey).astype(np.float32)
+
+
+def invert(grey: np.ndarray, amount: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Contrast inversion blended in by `amount` (1: the negative, as a camera in another mode sends)."""
+    return ((1.0 - amount) * grey + amount * (1.0 - grey)).astype(np.float32)
+
+
+def clip_gain(signal: np.ndarray, gain_db: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """`gain_db` of gain, then clipping at full scale (an overdriven microphone)."""
+    return np.clip(signal * 10 ** (gain_db / 20), -1.0, 1.0).astype(np.float32)
+
+
+DROPOUT_BLOCK = 160  # samples per lost block: 20 ms at 8 kHz, a typical packet
+
+
+def drop_blocks(signal: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """`share` of the clip's 160-sample blocks zeroed at random (packets lost on the way)."""
+    out = signal.astype(np.float32).copy()
+    blocks = -(-len(out) // DROPOUT_BLOCK)
+    for block in np.flatnonzero(rng.random(blocks) < share):
+        out[block * DROPOUT_BLOCK : (block + 1) * DROPOUT_BLOCK] = 0.0
+    return out
+
+
+RANDOM_WORDS = ("window", "green", "later", "engine", "maybe", "table", "river", "north", "quiet", "paper")
+
+
+def random_words(text: str, share: float, rng: np.random.Generator) -> str:
+    """Each word replaced, with probability `share`, by an unrelated word (another operator's note)."""
+    return " ".join(
+        RANDOM_WORDS[rng.integers(len(RANDOM_WORDS))] if rng.random() < share else word for word in text.split(" ")
+    )
+
+
+# Latin letters and the Cyrillic letters that look like them: a note typed on another keyboard layout.
+_LOOKALIKES = dict(zip("aceopxyiABCEHKMOPTX", "асеорхуіАВСЕНКМОРТХ"))
+
+
+def other_script(text: str, share: float, rng: np.random.Generator) -> str:
+    """Each letter that has a Cyrillic look-alike written with it, with probability `share`."""
+    return "".join(_LOOKALIKES[ch] if ch in _LOOKALIKES and rng.random() < share else ch for ch in text)

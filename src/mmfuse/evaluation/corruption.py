@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,19 @@ import torch
 from scipy.io import wavfile
 
 from mmfuse.data.manifest import read_manifest, resolve_media
-from mmfuse.data.noise import add_noise, blur, occlude, pixel_noise, typos
+from mmfuse.data.noise import (
+    add_noise,
+    blur,
+    clip_gain,
+    drop_blocks,
+    invert,
+    occlude,
+    other_script,
+    pixel_noise,
+    random_words,
+    salt_pepper,
+    typos,
+)
 from mmfuse.errors import MMFuseError
 from mmfuse.modality import MODALITIES
 from mmfuse.params.evaluate import RobustnessParams
@@ -34,18 +47,25 @@ from mmfuse.preprocess.image import decode_image, prepare_image
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.preprocess.text import clean_text
 
-ImageCorruption = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
+# fn(raw input, level, rng) -> corrupted raw input: a grey image in [0, 1], a float waveform or a text.
+NoiseFn = Callable[[Any, float, np.random.Generator], Any]
 
 
 @dataclass(frozen=True)
 class Corruption:
-    """One noise family: its name (a metric key), the modality it hits and where its levels live."""
+    """One noise family: its name (a metric key), the modality it hits, its noise model and where its levels live.
+
+    `seen` families are the established ones (the hard preset's own kinds of noise among them);
+    unseen ones are held out from every choice made here, trust threshold included, so they
+    tell how set-aside copes with a failure nobody anticipated.
+    """
 
     name: str
     modality: str
     unit: str
     levels_field: str
-    image_fn: ImageCorruption | None = None
+    fn: NoiseFn
+    seen: bool = True
 
     def levels(self, params: RobustnessParams) -> list[float]:
         return list(getattr(params, self.levels_field))
@@ -55,8 +75,14 @@ CORRUPTIONS: tuple[Corruption, ...] = (
     Corruption("image_noise", "image", "pixel noise std", "image_noise_std", pixel_noise),
     Corruption("image_blur", "image", "blur sigma (px)", "image_blur_sigma", blur),
     Corruption("image_occlusion", "image", "occluded area share", "image_occlusion", occlude),
-    Corruption("audio_snr", "audio", "SNR (dB)", "audio_snr_db"),
-    Corruption("text_typos", "text", "typo rate", "text_typo_rate"),
+    Corruption("audio_snr", "audio", "SNR (dB)", "audio_snr_db", add_noise),
+    Corruption("text_typos", "text", "typo rate", "text_typo_rate", typos),
+    Corruption("image_salt_pepper", "image", "pixel share", "image_salt_pepper", salt_pepper, seen=False),
+    Corruption("image_inversion", "image", "inversion blend", "image_inversion", invert, seen=False),
+    Corruption("audio_clipping", "audio", "gain before clipping (dB)", "audio_clipping_db", clip_gain, seen=False),
+    Corruption("audio_dropout", "audio", "lost block share", "audio_dropout", drop_blocks, seen=False),
+    Corruption("text_random_words", "text", "word share", "text_random_words", random_words, seen=False),
+    Corruption("text_script", "text", "letter share", "text_script", other_script, seen=False),
 )
 
 
@@ -114,7 +140,7 @@ def corrupted_array(
         out = np.zeros(shape, dtype=np.float32)
         for i, grey in enumerate(raw.images):
             if grey is not None:
-                out[i, 0] = state.normalise_image(prepare_image(corruption.image_fn(grey, level, rng), params.image))
+                out[i, 0] = state.normalise_image(prepare_image(corruption.fn(grey, level, rng), params.image))
         return out
     if corruption.modality == "audio":
         out = np.zeros(shape, dtype=np.float32)
@@ -122,13 +148,13 @@ def corrupted_array(
             if clip is not None:
                 wave, rate = clip
                 buffer = io.BytesIO()
-                wavfile.write(buffer, rate, add_noise(wave, level, rng))  # float32 WAV: the noise is not requantised
+                wavfile.write(buffer, rate, corruption.fn(wave, level, rng))  # float32 WAV: nothing is requantised
                 out[i] = state.normalise_audio(audio_features(buffer.getvalue(), params.audio))
         return out
     out = np.zeros(shape, dtype=np.int64)
     for i, text in enumerate(raw.texts):
         if text is not None:
-            out[i] = state.encode_text(clean_text(typos(text, level, rng), params.text))
+            out[i] = state.encode_text(clean_text(corruption.fn(text, level, rng), params.text))
     return out
 
 

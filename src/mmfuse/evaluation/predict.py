@@ -10,9 +10,11 @@ import torch
 
 from mmfuse.models.classifier import MultimodalClassifier
 
-# Names of the all-modality fusion model (models/candidate) and of the late-fusion
-# reference in every table, curve and metric key of the evaluation.
-FUSED, REFERENCE = "fused", "late_fusion"
+# Names in every table, curve and metric key of the evaluation: the all-modality fusion model
+# trusting every input (models/candidate), the same model with untrusted modalities set aside
+# (what is served), the same model with the corrupted modality masked out, and the late-fusion
+# reference of the unimodal models.
+FUSED, ROBUST, MASKED, REFERENCE = "fused", "robust", "masked", "late_fusion"
 
 
 @torch.inference_mode()

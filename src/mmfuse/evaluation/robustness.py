@@ -26,7 +26,9 @@ import torch
 from mmfuse.evaluation.corruption import CORRUPTIONS, NoisyInputs
 from mmfuse.evaluation.predict import (
     FUSED,
+    MASKED,
     REFERENCE,
+    ROBUST,
     accuracy,
     embeddings,
     late_fusion_logits,
@@ -34,6 +36,7 @@ from mmfuse.evaluation.predict import (
     scored_rows,
 )
 from mmfuse.models.classifier import MultimodalClassifier
+from mmfuse.models.trust import Trust
 from mmfuse.params.evaluate import RobustnessParams
 
 
@@ -62,6 +65,7 @@ def robustness_curves(
     params: RobustnessParams,
     batch_size: int,
     advance: Callable[[], None],
+    trust: Trust,
 ) -> dict[str, Any]:
     """{corruption: {modality, unit, levels, accuracy: {model: [...]}, summary: {model: {relative, effective}}}}.
 
@@ -70,7 +74,10 @@ def robustness_curves(
     modality is re-encoded (the fusion model's other embeddings are reused, see `embeddings`).
     `noisy_inputs(corruption, level_index)` gives the corrupted modality's input tensor
     (see `corrupted_levels`). `levels[0]` is None: the clean test set. `advance()` is called
-    once per corrupted level.
+    once per corrupted level. Beside the fusion model trusting every input (FUSED), each curve
+    holds the same model with its untrusted modalities set aside by `trust` (ROBUST, what is
+    served) and, flat, with the corrupted modality masked out (MASKED: the best that ignoring
+    the broken sensor can do).
     """
     labels, mask = tensors["label"], tensors["mask"]
     modalities = fused.spec.modalities
@@ -80,16 +87,23 @@ def robustness_curves(
     reference_rows = mask[:, [modalities.index(m) for m in unimodal]].any(dim=1)
     clean_unimodal = {m: clean_logits[m] for m in unimodal}
     clean_reference = late_fusion_logits(clean_unimodal, mask, modalities)
+    clean_robust = accuracy(set_aside_logits(fused, trust, clean_embeddings, present), labels, fused_rows)
     results: dict[str, Any] = {}
     for corruption in CORRUPTIONS:
         modality = corruption.modality
         own_rows = scored_rows(unimodal[modality], tensors)
+        column = modalities.index(modality)
+        others = present.clone()
+        others[:, column] = False
+        masked_rows = others.any(dim=1)
+        masked = accuracy(fused.fuse(clean_embeddings, others)[0], labels, masked_rows)
         curve = {
             FUSED: [accuracy(clean_logits[FUSED], labels, fused_rows)],
+            ROBUST: [clean_robust],
+            MASKED: [masked],
             REFERENCE: [accuracy(clean_reference, labels, reference_rows)],
             modality: [accuracy(clean_logits[modality], labels, own_rows)],
         }
-        column = modalities.index(modality)
         only = torch.zeros_like(present)
         only[:, column] = present[:, column]
         levels = corruption.levels(params)
@@ -101,6 +115,8 @@ def robustness_curves(
             own = model_logits(unimodal[modality], noisy, batch_size)
             reference = late_fusion_logits({**clean_unimodal, modality: own}, mask, modalities)
             curve[FUSED].append(accuracy(fused_logits, labels, fused_rows))
+            curve[ROBUST].append(accuracy(set_aside_logits(fused, trust, emb, present), labels, fused_rows))
+            curve[MASKED].append(masked)
             curve[REFERENCE].append(accuracy(reference, labels, reference_rows))
             curve[modality].append(accuracy(own, labels, own_rows))
             advance()
@@ -110,12 +126,33 @@ def robustness_curves(
         }
         results[corruption.name] = {
             "modality": modality,
+            "seen": corruption.seen,
             "unit": corruption.unit,
             "levels": [None, *levels],
             "accuracy": curve,
             "summary": summary,
         }
     return results
+
+
+def set_aside_logits(
+    model: MultimodalClassifier, trust: Trust, emb: torch.Tensor, present: torch.Tensor
+) -> torch.Tensor:
+    """Fused logits with every untrusted modality treated as missing (what the service answers)."""
+    return model.fuse(emb, trust.trusted(trust.scores(emb, present), present))[0]
+
+
+def corruption_regret(curves: dict[str, Any]) -> dict[str, float]:
+    """Points by which the served model (ROBUST) falls short of the better of trusting everything and
+    masking the corrupted modality, at its worst over every corruption and severity >= 1: overall,
+    and over the seen and the unseen families apart. <= 0 means set-aside never loses to either."""
+    worst: dict[str, float] = {}
+    for curve in curves.values():
+        acc = curve["accuracy"]
+        gaps = [max(acc[MASKED][s], acc[FUSED][s]) - acc[ROBUST][s] for s in range(1, len(acc[ROBUST]))]
+        for key in ("all", "seen" if curve["seen"] else "unseen"):
+            worst[key] = max(worst.get(key, -np.inf), *gaps)
+    return {key: round(float(value), 4) + 0.0 for key, value in worst.items()}
 
 
 def robustness_rows(curves: dict[str, Any]) -> list[dict[str, Any]]:

@@ -24,6 +24,13 @@ class RobustnessParams(Section):
     image_occlusion: list[float] = Field([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], min_length=1)
     audio_snr_db: list[float] = Field([20.0, 10.0, 5.0, 0.0, -5.0, -10.0], min_length=1)
     text_typo_rate: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
+    # Families no model here is trained or tuned on ("unseen"), reported apart from the ones above.
+    image_salt_pepper: list[float] = Field([0.02, 0.05, 0.1, 0.2, 0.3, 0.5], min_length=1)
+    image_inversion: list[float] = Field([0.2, 0.4, 0.6, 0.8, 0.9, 1.0], min_length=1)
+    audio_clipping_db: list[float] = Field([6.0, 12.0, 18.0, 24.0, 30.0, 36.0], min_length=1)
+    audio_dropout: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
+    text_random_words: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
+    text_script: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
 
     @model_validator(mode="after")
     def _increasing_severity(self) -> "RobustnessParams":
@@ -33,15 +40,30 @@ class RobustnessParams(Section):
             "image_blur_sigma": self.image_blur_sigma,
             "image_occlusion": self.image_occlusion,
             "text_typo_rate": self.text_typo_rate,
+            "image_salt_pepper": self.image_salt_pepper,
+            "image_inversion": self.image_inversion,
+            "audio_clipping_db": self.audio_clipping_db,
+            "audio_dropout": self.audio_dropout,
+            "text_random_words": self.text_random_words,
+            "text_script": self.text_script,
         }
         for name, levels in rising.items():
             if levels[0] <= 0 or any(b <= a for a, b in zip(levels, levels[1:])):
                 raise ValueError(f"{name} must be positive and strictly increasing (more noise), got {levels}")
-        if max(self.image_occlusion) >= 1 or max(self.text_typo_rate) > 1:
-            raise ValueError("image_occlusion must stay below 1 and text_typo_rate at most 1")
+        if max(self.image_occlusion) >= 1 or max(self.audio_dropout) >= 1:
+            raise ValueError("image_occlusion and audio_dropout must stay below 1")
+        shares = ("text_typo_rate", "image_salt_pepper", "image_inversion", "text_random_words", "text_script")
+        if any(max(getattr(self, name)) > 1 for name in shares):
+            raise ValueError(f"{', '.join(shares)} are shares: at most 1")
         if any(b >= a for a, b in zip(self.audio_snr_db, self.audio_snr_db[1:])):
             raise ValueError(f"audio_snr_db must be strictly decreasing (more noise), got {self.audio_snr_db}")
         return self
+
+
+class TrustParams(Section):
+    """Per-modality trust (models/trust.py): the false-alarm rate its threshold is calibrated to on val."""
+
+    false_alarm: float = Field(0.01, gt=0, lt=0.5)  # share of clean val modalities that would be set aside
 
 
 class EvaluateParams(Section):
@@ -55,3 +77,4 @@ class EvaluateParams(Section):
     latency_batch: int = Field(256, ge=1)
     latency_repeats: int = Field(10, ge=1)
     robustness: RobustnessParams = RobustnessParams()
+    trust: TrustParams = TrustParams()

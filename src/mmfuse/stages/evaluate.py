@@ -30,15 +30,26 @@ from mmfuse.evaluation import complexity
 from mmfuse.evaluation.calibration import calibrate
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
 from mmfuse.evaluation.metrics import classification_metrics, confusion_rows
-from mmfuse.evaluation.predict import FUSED, REFERENCE, accuracy, late_fusion_logits, model_logits, scored_rows
+from mmfuse.evaluation.predict import (
+    FUSED,
+    REFERENCE,
+    ROBUST,
+    accuracy,
+    embeddings,
+    late_fusion_logits,
+    model_logits,
+    scored_rows,
+)
 from mmfuse.evaluation.report import figures, render_html, render_markdown
-from mmfuse.evaluation.robustness import robustness_curves, robustness_rows
+from mmfuse.evaluation.robustness import corruption_regret, robustness_curves, robustness_rows
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
+from mmfuse.evaluation.trust import fit_on_splits, set_aside_rates
 from mmfuse.io import atomic_file, write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import WEIGHTS
 from mmfuse.models.data import load_split
 from mmfuse.models.determinism import deterministic
+from mmfuse.models.trust import save_trust
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.preprocess.state import PreprocessState
@@ -125,6 +136,7 @@ def _metrics(results: dict[str, Any]) -> dict[str, Any]:
             for name, s in results["speakers"].items()
         },
         "complexity": results["parameters"],
+        "trust": results["trust"],
     }
 
 
@@ -147,6 +159,7 @@ def run(
     plots: Path,
     metrics: Path,
     calibration: Path,
+    trust: Path,
     train_metrics: Sequence[Path] = (),
     params: EvaluateParams,
 ) -> dict[str, Any]:
@@ -154,7 +167,9 @@ def run(
 
     Writes plots/{confusion,robustness,reliability,subsets}.csv, `metrics`, `calibration`
     ({"temperature", "ece_before", "ece_after", "weights_sha256"}: the temperature serving
-    divides the candidate's logits by) and reports/{index.html, summary.md, details.json,
+    divides the candidate's logits by), `trust` (the per-modality trust serving sets
+    untrusted modalities aside with, fitted on train, its threshold on val) and
+    reports/{index.html, summary.md, details.json,
     complexity.json}. `raw_manifest` is the dataset's manifest: the robustness curves
     re-preprocess its raw test media. `train_metrics` (the train stages' metrics files)
     supply training times; models found in none are reported as unknown.
@@ -203,6 +218,13 @@ def run(
             labels[fused_test].numpy(),
             params.ece_bins,
         )
+        fitted = fit_on_splits(
+            models[FUSED], load_split(processed_dir, "train"), val, params.trust.false_alarm, params.batch_size
+        )
+        clean_present = models[FUSED].presence(tensors)
+        setaside = set_aside_rates(
+            fitted, embeddings(models[FUSED], tensors, clean_present, params.batch_size), clean_present
+        )
         progress.update(task, advance=1, description="robustness")
         curves = robustness_curves(
             models[FUSED],
@@ -213,7 +235,9 @@ def run(
             params.robustness,
             params.batch_size,
             lambda: progress.advance(task),
+            fitted,
         )
+        regret = corruption_regret(curves)
         speakers = (
             _speakers(manifest_rows["speaker"].to_numpy(), labels, logits, rows) if "speaker" in manifest_rows else {}
         )
@@ -239,7 +263,13 @@ def run(
                 "ece_before": calibration["ece_before"],
                 "ece_after": calibration["ece_after"],
                 "temperature": calibration["temperature"],
+                "robust_accuracy": next(iter(curves.values()))["accuracy"][ROBUST][0],
+                "false_setaside_rate": setaside["all"],
+                "corruption_regret_points": regret["all"],
+                "corruption_regret_seen_points": regret.get("seen"),
+                "corruption_regret_unseen_points": regret.get("unseen"),
             },
+            "trust": {"threshold": fitted.threshold, "false_setaside": setaside},
             "subsets": subsets["subsets"],
             "models": per_model,
             "calibration": calibration,
@@ -263,6 +293,7 @@ def run(
             "weights_sha256": hashlib.sha256((models_dir / "candidate" / WEIGHTS).read_bytes()).hexdigest(),
         },
     )
+    save_trust(Path(trust), fitted)
     write_json(reports_dir / "details.json", results)
     write_json(reports_dir / "complexity.json", {"parameters": results["parameters"], **measured})
     with atomic_file(reports_dir / "summary.md") as handle:
@@ -282,6 +313,7 @@ def main(
     plots: Path = typer.Option(..., help="Where the DVC plot files go."),
     metrics: Path = typer.Option(..., help="Where the DVC metrics file goes."),
     calibration: Path = typer.Option(..., help="Where the fitted temperature goes (calibration.json)."),
+    trust: Path = typer.Option(..., help="Where the fitted per-modality trust goes (trust.safetensors)."),
     train_metrics: list[Path] = typer.Option([], help="The train stages' metrics files (training times); repeatable."),
 ) -> None:
     """Stage 5: test metrics, every modality subset, robustness, calibration, complexity, HTML report."""
@@ -294,6 +326,7 @@ def main(
         plots=plots,
         metrics=metrics,
         calibration=calibration,
+        trust=trust,
         train_metrics=train_metrics,
         params=params.evaluate,
     )
