@@ -143,7 +143,7 @@ def test_the_same_weights_with_a_new_calibration_or_reference_become_a_new_versi
     refreshed = run_promotion(
         _candidate(tmp_path / "b", b"same"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json", reference
     )
-    assert refreshed["verdict"] == "promote" and "new calibration or drift reference" in refreshed["detail"]
+    assert refreshed["verdict"] == "promote" and "new calibration, trust or drift reference" in refreshed["detail"]
     assert refreshed["champion"] is None  # judged on the absolute gates only: the model is the same
     assert (Path(registry.champion().path) / "reference.parquet").read_bytes() == b"profile of test"
     calibration.write_text('{"temperature": 0.9}')

@@ -17,6 +17,7 @@ from mmfuse.errors import MediaError, MMFuseError
 from mmfuse.inference.log import input_statistics
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model, read_temperature
+from mmfuse.models.trust import TRUST, Trust, load_trust
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
@@ -64,6 +65,8 @@ class Scores:
     probabilities: torch.Tensor  # [C], calibrated
     unimodal: torch.Tensor  # [M, C]: each model modality's auxiliary head alone
     embedding: torch.Tensor  # [M, D]: per-modality embeddings (absent ones: the learned missing embedding)
+    trust: torch.Tensor  # [M]: each present modality's trust score (NaN where absent or without a trust model)
+    trusted: torch.Tensor  # [M] bool: the present modalities the answer used (the others were set aside)
 
 
 class Contribution(BaseModel):
@@ -74,6 +77,14 @@ class Contribution(BaseModel):
     label: str = Field(description="the label this modality alone would predict")
 
 
+class TrustScore(BaseModel):
+    """How unlike training one given modality looked: above the threshold, it is set aside."""
+
+    score: float = Field(description="share of clean validation inputs more usual than this one (0 to 1)")
+    threshold: float = Field(description="scores above it are set aside")
+    trusted: bool
+
+
 class Prediction(BaseModel):
     """The answer for one sample."""
 
@@ -81,11 +92,26 @@ class Prediction(BaseModel):
     label: str
     confidence: float = Field(description="calibrated probability of `label`")
     probabilities: dict[str, float] = Field(description="calibrated probability of every label")
-    modalities_used: list[str]
+    modalities_used: list[str] = Field(description="the modalities the answer rests on")
+    modalities_set_aside: list[str] = Field(
+        default_factory=list, description="given, but unlike training: answered as if missing (see `trust`)"
+    )
     modalities_ignored: list[str] = Field(description="given, but not inputs of this model")
+    trust: dict[str, TrustScore] = Field(
+        default_factory=dict, description="per given modality, when the model has a trust model"
+    )
+    notes: list[str] = Field(default_factory=list, description="why a modality was set aside, in words")
     contributions: dict[str, Contribution] = Field(description="per used modality")
     driver: str = Field(description="the used modality with the largest share")
     model_version: str
+
+
+def read_trust(artifact_dir: Path, trust: Path | None = None) -> Trust | None:
+    """The trust stored beside the weights, else `trust` (the evaluate stage's, for a challenger
+    not yet in the store), else None: an older artifact without one trusts every input."""
+    own = Path(artifact_dir) / TRUST
+    path = own if own.exists() else Path(trust) if trust is not None and Path(trust).exists() else None
+    return load_trust(path) if path is not None else None
 
 
 def _media_problem(exc: MediaError) -> InputProblem:
@@ -103,14 +129,17 @@ def _size(source: bytes | Path | None) -> int | None:
 
 
 class Predictor:
-    """A model artifact loaded for serving (eval mode, its preprocessing state, its calibration)."""
+    """A model artifact loaded for serving (eval mode, its preprocessing state, its calibration, its trust)."""
 
-    def __init__(self, artifact_dir: Path, version: str, calibration: Path | None = None) -> None:
+    def __init__(
+        self, artifact_dir: Path, version: str, calibration: Path | None = None, trust: Path | None = None
+    ) -> None:
         self.model, config = load_model(Path(artifact_dir))
         self.state = PreprocessState.from_dict(config["preprocessing"])
         self.labels: list[str] = [str(label) for label in config["labels"]]
         self.modalities: tuple[str, ...] = tuple(self.model.spec.modalities)
         self.temperature = read_temperature(Path(artifact_dir), calibration)
+        self.trust = read_trust(Path(artifact_dir), trust)
         self.version = version
 
     def prepare(self, sample: RawSample) -> PreparedSample:
@@ -143,15 +172,23 @@ class Predictor:
         with torch.inference_mode():
             present = self.model.presence(batch)
             embedding = self.model.encode(batch, present)
-            logits, aux = self.model.fuse(embedding, present)
+            if self.trust is None:  # an artifact from before trust: every input is believed
+                scores, trusted = torch.full(present.shape, torch.nan, dtype=torch.float64), present
+            else:
+                scores = self.trust.scores(embedding, present)
+                trusted = self.trust.trusted(scores, present)
+            logits, aux = self.model.fuse(embedding, trusted)
             probabilities = torch.softmax(logits / self.temperature, dim=1)
             unimodal = torch.softmax(aux, dim=2)
-        return [Scores(probabilities[i], unimodal[i], embedding[i]) for i in range(len(samples))]
+        return [Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i]) for i in range(len(samples))]
 
     def explain(self, sample: PreparedSample, scores: Scores, request_id: str) -> Prediction:
         """The response for one sample: label, probabilities, and each used modality's contribution."""
         best = int(torch.argmax(scores.probabilities))
-        support = {m: float(scores.unimodal[self.modalities.index(m), best]) for m in sample.used}
+        trusted = {m: bool(scores.trusted[self.modalities.index(m)]) for m in sample.used}
+        used = [m for m in sample.used if trusted[m]]
+        set_aside = [m for m in sample.used if not trusted[m]]
+        support = {m: float(scores.unimodal[self.modalities.index(m), best]) for m in used}
         total = sum(support.values())
         contributions = {
             m: Contribution(
@@ -159,15 +196,32 @@ class Predictor:
                 support=support[m],
                 label=self.labels[int(torch.argmax(scores.unimodal[self.modalities.index(m)]))],
             )
-            for m in sample.used
+            for m in used
         }
+        trust = {}
+        if self.trust is not None:
+            trust = {
+                m: TrustScore(
+                    score=round(float(scores.trust[self.modalities.index(m)]), 6),
+                    threshold=self.trust.threshold,
+                    trusted=trusted[m],
+                )
+                for m in sample.used
+            }
+        notes = [
+            f"{m} set aside: unlike training {m}, score {trust[m].score:.3f} > {trust[m].threshold:.2f}"
+            for m in set_aside
+        ]
         return Prediction(
             request_id=request_id,
             label=self.labels[best],
             confidence=float(scores.probabilities[best]),
             probabilities=dict(zip(self.labels, scores.probabilities.tolist())),
-            modalities_used=list(sample.used),
+            modalities_used=used,
+            modalities_set_aside=set_aside,
             modalities_ignored=list(sample.ignored),
+            trust=trust,
+            notes=notes,
             contributions=contributions,
             driver=max(contributions, key=lambda m: contributions[m].share),
             model_version=self.version,

@@ -25,6 +25,7 @@ from mmfuse.models.classifier import ModelSpec, MultimodalClassifier
 FORMAT = "mmfuse-model/1"
 WEIGHTS, CONFIG, METRICS = "model.safetensors", "config.json", "metrics.json"
 CALIBRATION = "calibration.json"  # the temperature, beside the weights once the model is in the store
+REFERENCE_FILE = "reference.parquet"  # the drift reference, beside the weights once the model is in the store
 
 
 def save_artifact(out_dir: Path, model: MultimodalClassifier, config: dict[str, Any], metrics: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
 from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, read_log
 from mmfuse.io import write_json
+from mmfuse.models.artifact import REFERENCE_FILE
 from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
 from mmfuse.monitoring.log_checks import check_log
-from mmfuse.monitoring.reference import REFERENCE_FILE, read_reference
+from mmfuse.monitoring.reference import read_reference
 from mmfuse.monitoring.state import AccuracyPoint, MonitorState, load_state, save_state
 from mmfuse.params.monitor import MonitorParams
 

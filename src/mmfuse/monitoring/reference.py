@@ -21,7 +21,6 @@ from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
 from mmfuse.io import atomic_file
 from mmfuse.modality import FLAGS, MODALITIES
 
-REFERENCE_FILE = "reference.parquet"
 REFERENCE_COLUMNS: tuple[str, ...] = (
     "sample_id",
     *FLAGS,
@@ -48,11 +47,12 @@ def build_reference(
     out_path: Path,
     calibration: Path | None = None,
     batch_size: int = 64,
+    trust: Path | None = None,
 ) -> Path:
     """Score `split` of the manifest with the serving Predictor and write the reference Parquet.
 
-    `calibration` (evaluate's calibration.json) sets the temperature when the artifact has
-    none yet, as before promotion. One torch thread and a fixed row order make the bytes
+    `calibration` (evaluate's calibration.json) and `trust` (its trust.safetensors) are
+    used when the artifact has none yet, as before promotion. One torch thread and a fixed row order make the bytes
     identical for identical inputs, so a second `dvc repro` does nothing. A sample the
     service would refuse is skipped (the service would not log it either).
     """
@@ -60,7 +60,7 @@ def build_reference(
     rows = manifest[manifest["split"] == split].sort_values("sample_id", kind="stable")
     if rows.empty:
         raise MMFuseError(f"{raw_manifest} has no {split!r} rows to build the drift reference from.")
-    predictor = Predictor(Path(artifact_dir), version="reference", calibration=calibration)
+    predictor = Predictor(Path(artifact_dir), version="reference", calibration=calibration, trust=trust)
     root = Path(raw_manifest).parent
     records: list[dict] = []
     threads = torch.get_num_threads()

@@ -17,10 +17,17 @@ from mmfuse.params.monitor import MonitorParams
 from mmfuse.stages import console, stage_cli
 
 
-def run(*, model: Path, raw_manifest: Path, calibration: Path, out: Path, params: MonitorParams) -> Path:
-    """Score `params.reference_split` of the manifest with `model` (temperature from `calibration`) into `out`."""
+def run(*, model: Path, raw_manifest: Path, calibration: Path, trust: Path, out: Path, params: MonitorParams) -> Path:
+    """Score `params.reference_split` of the manifest with `model` (temperature from `calibration`,
+    untrusted modalities set aside by `trust`, as served) into `out`."""
     return build_reference(
-        model, raw_manifest, params.reference_split, out, calibration=calibration, batch_size=params.reference_batch
+        model,
+        raw_manifest,
+        params.reference_split,
+        out,
+        calibration=calibration,
+        batch_size=params.reference_batch,
+        trust=trust,
     )
 
 
@@ -28,6 +35,7 @@ def main(
     model: Path = typer.Option(..., help="The model artifact to profile (the fusion candidate)."),
     raw: Path = typer.Option(..., help="The ingested datasets."),
     calibration: Path = typer.Option(..., help="The evaluate stage's calibration.json."),
+    trust: Path = typer.Option(..., help="The evaluate stage's trust.safetensors."),
     out: Path = typer.Option(..., help="Where the reference Parquet goes."),
 ) -> None:
     """Stage 6: the reference profile monitoring compares traffic with."""
@@ -36,6 +44,7 @@ def main(
         model=model,
         raw_manifest=dataset_manifest(params.data, raw),
         calibration=calibration,
+        trust=trust,
         out=out,
         params=params.monitor,
     )

@@ -20,7 +20,8 @@ import typer
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
 from mmfuse.io import write_json
-from mmfuse.models.artifact import read_temperature
+from mmfuse.models.artifact import CALIBRATION, REFERENCE_FILE, WEIGHTS, read_temperature
+from mmfuse.models.trust import TRUST
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.params.promote import PromoteParams
@@ -99,19 +100,15 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).exists() else "absent"
 
 
-def _changed_files(champion_dir: Path, candidate: Path, calibration_path: Path, reference: Path | None) -> set[str]:
-    """Which of the challenger's weights, calibration and (when given) drift reference differ from the champion's.
+def _changed_files(champion_dir: Path, candidate: Path, companions: dict[str, Path]) -> set[str]:
+    """Which of the challenger's weights and companion files (calibration, trust, drift reference)
+    differ from the champion's, by file name ("weights" for the weights).
 
-    Calibration and reference travel beside the weights in the store: a run that keeps the
-    weights but changes them (another val split, another monitor.reference_split) must
-    still reach the champion.
+    The companions travel beside the weights in the store: a run that keeps the weights but
+    changes one (another val split, another monitor.reference_split) must still reach the champion.
     """
-    pairs = {
-        "weights": (champion_dir / "model.safetensors", Path(candidate) / "model.safetensors"),
-        "calibration": (champion_dir / "calibration.json", Path(calibration_path)),
-    }
-    if reference is not None:
-        pairs["reference"] = (champion_dir / "reference.parquet", Path(reference))
+    pairs = {"weights": (champion_dir / WEIGHTS, Path(candidate) / WEIGHTS)}
+    pairs.update({name: (champion_dir / name, Path(path)) for name, path in companions.items()})
     return {name for name, (ours, new) in pairs.items() if _file_digest(ours) != _file_digest(new)}
 
 
@@ -124,21 +121,22 @@ def run(
     params: PromoteParams,
     scorer: Scorer,
     reference: Path | None = None,
+    trust: Path | None = None,
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer`, decide, and promote on success.
 
     The champion in the store carries what serving and monitoring need beside the weights:
-    its calibration and, when given, the drift reference profile built from it. The
+    its calibration and, when given, its trust and the drift reference profile built from it. The
     decision record goes to `decision` whatever the verdict.
     """
     candidate, calibration_path = Path(candidate), Path(calibration)
+    companions = {CALIBRATION: calibration_path, TRUST: trust, REFERENCE_FILE: reference}
+    companions = {name: Path(path) for name, path in companions.items() if path is not None}
     temperature = read_temperature(candidate, calibration_path)
     validation_passed = bool(json.loads(Path(validation).read_text()).get("success"))
     challenger = scorer(candidate)
     current = registry.champion()
-    changed = (
-        _changed_files(Path(current.path), candidate, calibration_path, reference) if current is not None else None
-    )
+    changed = _changed_files(Path(current.path), candidate, companions) if current is not None else None
     same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
     champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
@@ -148,20 +146,19 @@ def run(
         record.update(
             verdict="keep",
             failed_gates=[],
-            detail="the challenger is the champion (weights, calibration, drift reference): nothing to promote",
+            detail="the challenger is the champion (weights, calibration, trust, drift reference): nothing to promote",
         )
     elif same_weights and record["verdict"] == "promote":
         record["detail"] = (
-            "the champion's weights with a new calibration or drift reference: promoted as a new version, "
+            "the champion's weights with a new calibration, trust or drift reference: promoted as a new version, "
             "so that serving and monitoring use them"
         )
     if record["verdict"] == "promote":
         with tempfile.TemporaryDirectory() as staging:
             artifact = Path(staging) / "artifact"
             shutil.copytree(candidate, artifact)
-            shutil.copyfile(calibration_path, artifact / "calibration.json")
-            if reference is not None:
-                shutil.copyfile(reference, artifact / "reference.parquet")
+            for name, path in companions.items():
+                shutil.copyfile(path, artifact / name)
             metadata = {
                 "accuracy": challenger["accuracy"],
                 "ece": challenger["ece"],
@@ -200,6 +197,7 @@ def main(
     calibration: Path = typer.Option(..., help="The challenger's calibration.json (the evaluate stage's)."),
     validation: Path = typer.Option(..., help="The validate stage's summary: promotion requires it passed."),
     reference: Path = typer.Option(..., help="The drift reference that travels with the champion."),
+    trust: Path = typer.Option(..., help="The challenger's trust.safetensors (the evaluate stage's)."),
     decision: Path = typer.Option(..., help="Where the decision record goes."),
 ) -> None:
     """Stage 7: challenger vs champion through the gates; the winner becomes the champion."""
@@ -212,6 +210,7 @@ def main(
         params=params.promote,
         scorer=test_split_scorer(processed, calibration, params.evaluate),
         reference=reference,
+        trust=trust,
     )
     if record["verdict"] == "promote":
         console.print(f"[green]promoted[/] {record['promoted_tag']}")
