@@ -93,6 +93,11 @@ def monitor(
 
     summary = monitoring_flow(project=".", log=str(log) if log else None)
     console.print_json(data=summary)
+    for modality in summary.get("sensors", {}).get("failing", []):
+        rate = summary["sensors"][modality]["set_aside_rate"]
+        console.print(
+            f"[yellow]sensor failing[/]: {modality} set aside in {rate:.0%} of its requests (unlike training)."
+        )
     if summary.get("trigger_error"):
         console.print(f"[yellow]warning[/]: traffic drifted, but {summary['trigger_error']}.")
 

@@ -194,3 +194,25 @@ def test_input_statistics_are_none_for_absent_modalities():
     assert stats["audio_bytes"] == 44 and stats["audio_mean"] == 2.0
     assert stats["text_chars"] == 3 and stats["text_tokens"] == 3 and stats["text_unk_share"] == pytest.approx(1 / 3)
     assert set(stats) == set(STAT_COLUMNS)
+
+
+def test_a_log_written_before_trust_gains_its_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Schema 1 had no trust columns: opening it adds them (NULL for old rows), nothing is lost."""
+    import sqlite3
+
+    from mmfuse.inference import log as inference_log
+
+    old = tmp_path / "old.sqlite"
+    schema_1 = inference_log._SCHEMA.split("feedback_ts REAL,")[0] + "feedback_ts REAL\n);"
+    conn = sqlite3.connect(old)
+    conn.executescript(schema_1)
+    columns_1 = inference_log._COLUMNS[: -2 * len(inference_log.TRUST_COLUMNS)]
+    values = ["old", 1.0, "predict", "v1", 1, 0, 1, *([None] * len(inference_log.STAT_COLUMNS))]
+    values += [b"\x00" * 4, "one", 0.9, "{}", 2.0]
+    conn.execute(f"INSERT INTO inference ({', '.join(columns_1)}) VALUES ({', '.join('?' * len(values))})", values)
+    conn.commit()
+    conn.close()
+    inference_log.ensure_schema(old)
+    frame = inference_log.read_log(old)
+    assert list(frame["request_id"]) == ["old"]
+    assert frame["audio_trust"].isna().all() and not frame["audio_set_aside"].any()

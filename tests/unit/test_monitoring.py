@@ -63,7 +63,14 @@ def reference_file(path: Path) -> Path:
 
 
 def log_traffic(
-    log: Path, n: int, seed: int, start: datetime, shift: float = 0.0, accuracy: float = 0.9, feedback: bool = False
+    log: Path,
+    n: int,
+    seed: int,
+    start: datetime,
+    shift: float = 0.0,
+    accuracy: float = 0.9,
+    feedback: bool = False,
+    audio_set_aside: float = 0.0,
 ) -> None:
     """Write n requests with the real writer, then feedback (the true label) for each if asked."""
     d = draw(n, seed, shift, accuracy)
@@ -83,6 +90,8 @@ def log_traffic(
                 confidence=0.8,
                 probabilities={label: 0.8 if label == d["prediction"][i] else 0.1 for label in LABELS},
                 latency_ms=3.0,
+                trust=(0.5, 0.999 if i < audio_set_aside * n else 0.5, 0.5),
+                set_aside=(False, i < audio_set_aside * n, False),
             )
         )
     writer.flush()
@@ -203,3 +212,17 @@ def test_a_live_accuracy_drop_counts_as_drift(setup):
     assert not result.summary["drift"]["drifted"]  # inputs look the same: only the labels tell
     assert result.status == "drift" and len(trigger.calls) == 1
     assert len(result.summary["accuracy_trend"]) == 1 and list((project / PARAMS.reports_dir).glob("*/accuracy.html"))
+
+
+def test_a_failing_sensor_is_reported_apart_from_drift(setup):
+    """Audio set aside in 40 % of the requests (a dead microphone): the check names the sensor,
+    while the population itself (statistics, embeddings) has not drifted."""
+    project, log, ref = setup
+    log_traffic(log, 100, seed=21, start=T0, audio_set_aside=0.4)
+    result = check(project, log, ref, Counter(), T0 + timedelta(hours=1))
+    sensors = result.summary["sensors"]
+    assert sensors["failing"] == ["audio"] and sensors["audio"]["set_aside_rate"] == 0.4
+    assert sensors["image"] == {"given": 100, "set_aside_rate": 0.0, "failing": False}
+    assert "Sensor failing: audio" in summary_markdown(result)
+    calm = check(project, log, ref, Counter(), T0 + timedelta(hours=2))  # nothing new since: not judged
+    assert calm.status == "insufficient_data"

@@ -42,7 +42,9 @@ from mmfuse.preprocess.text import UNK_ID
 
 LOG_ENV = "MMFUSE_INFERENCE_LOG"
 DEFAULT_LOG = Path("data/inference/log.sqlite")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-modality trust score and set-aside flag (older logs gain the columns, NULL)
+TRUST_COLUMNS: tuple[str, ...] = tuple(f"{m}_trust" for m in MODALITIES)  # NULL where absent or no trust model
+SET_ASIDE_COLUMNS: tuple[str, ...] = tuple(f"{m}_set_aside" for m in MODALITIES)  # given but not believed
 STAT_COLUMNS: tuple[str, ...] = (
     "image_bytes",
     "audio_bytes",
@@ -75,7 +77,9 @@ CREATE TABLE IF NOT EXISTS inference (
     probabilities TEXT NOT NULL,
     latency_ms REAL NOT NULL,
     true_label TEXT,
-    feedback_ts REAL
+    feedback_ts REAL,
+    {", ".join(f"{name} REAL" for name in TRUST_COLUMNS)},
+    {", ".join(f"{name} INTEGER" for name in SET_ASIDE_COLUMNS)}
 );
 CREATE INDEX IF NOT EXISTS inference_ts ON inference (ts);
 """
@@ -91,6 +95,8 @@ _COLUMNS = (
     "confidence",
     "probabilities",
     "latency_ms",
+    *TRUST_COLUMNS,
+    *SET_ASIDE_COLUMNS,
 )
 _INSERT = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _PRUNE = "DELETE FROM inference WHERE rowid <= (SELECT MAX(rowid) FROM inference) - ?"
@@ -142,6 +148,8 @@ class LogRecord:
     confidence: float
     probabilities: dict[str, float]
     latency_ms: float
+    trust: tuple[float | None, ...] = (None,) * len(MODALITIES)  # image, audio, text: trust score where given
+    set_aside: tuple[bool, ...] = (False,) * len(MODALITIES)  # image, audio, text: given but set aside
 
     def row(self) -> tuple[Any, ...]:
         return (
@@ -156,6 +164,8 @@ class LogRecord:
             self.confidence,
             json.dumps(self.probabilities),
             self.latency_ms,
+            *self.trust,
+            *(int(s) for s in self.set_aside),
         )
 
 
@@ -172,6 +182,10 @@ def ensure_schema(path: Path) -> None:
     conn = _connect(path)
     try:
         conn.executescript(_SCHEMA)
+        known = {row[1] for row in conn.execute("PRAGMA table_info(inference)")}
+        for name, kind in [*((c, "REAL") for c in TRUST_COLUMNS), *((c, "INTEGER") for c in SET_ASIDE_COLUMNS)]:
+            if name not in known:  # a log written before schema 2 keeps its rows; the new columns read NULL
+                conn.execute(f"ALTER TABLE inference ADD COLUMN {name} {kind}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     finally:
         conn.close()
@@ -317,8 +331,9 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
         conn.close()
     frame["time"] = pd.to_datetime(frame.pop("ts"), unit="s", utc=True)
     frame["feedback_time"] = pd.to_datetime(frame.pop("feedback_ts"), unit="s", utc=True)
-    for name in FLAGS:
-        frame[name] = frame[name].astype(bool)
+    for name in (*FLAGS, *SET_ASIDE_COLUMNS):
+        frame[name] = frame[name].fillna(0).astype(bool)
+    frame[list(TRUST_COLUMNS)] = frame[list(TRUST_COLUMNS)].astype(float)
     frame["embedding"] = [np.frombuffer(blob, dtype="<f4").copy() for blob in frame["embedding"]]
     frame["probabilities"] = [json.loads(text) for text in frame["probabilities"]]
     frame[list(STAT_COLUMNS)] = frame[list(STAT_COLUMNS)].astype(float)

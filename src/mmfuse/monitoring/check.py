@@ -15,10 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
-from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, read_log
+from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, SET_ASIDE_COLUMNS, read_log
 from mmfuse.io import write_json
+from mmfuse.modality import FLAGS, MODALITIES
 from mmfuse.models.artifact import REFERENCE_FILE
 from mmfuse.monitoring.drift import as_json, live_accuracy, run_drift
 from mmfuse.monitoring.log_checks import check_log
@@ -116,6 +119,7 @@ def run_check(
     stamp = now.strftime("%Y%m%dT%H%M%SZ")
     summary["reference"] = str(ref_path)
     summary["log_checks"] = check_log(window, ref, params.modality_tolerance)
+    summary["sensors"] = sensor_health(window, params.sensor_setaside_rate)
     drift, drift_report = run_drift(ref, window, params, out_dir / stamp / "drift.html")
     summary["drift"] = as_json(drift)
     accuracy = live_accuracy(ref, window, params, out_dir / stamp / "accuracy.html")
@@ -152,6 +156,19 @@ def run_check(
     return CheckResult(status, len(window), triggered, summary)
 
 
+def sensor_health(window: pd.DataFrame, limit: float) -> dict[str, Any]:
+    """Per modality, the share of the requests carrying it whose input was set aside as unlike
+    training, and whether that share passes `limit`: a failing sensor (a covered camera, a
+    dead microphone), reported apart from population drift, which may come with it or not."""
+    health: dict[str, Any] = {}
+    for m, flag, aside in zip(MODALITIES, FLAGS, SET_ASIDE_COLUMNS):
+        given = int(window[flag].sum())
+        rate = float(window.loc[window[flag], aside].sum()) / given if given else 0.0
+        health[m] = {"given": given, "set_aside_rate": round(rate, 4), "failing": given > 0 and rate > limit}
+    health["failing"] = [m for m in MODALITIES if health[m]["failing"]]
+    return health
+
+
 def summary_markdown(result: CheckResult) -> str:
     """The Prefect artifact: the verdict first, then what drifted and the accuracy trend."""
     s = result.summary
@@ -162,6 +179,12 @@ def summary_markdown(result: CheckResult) -> str:
     ]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])
+    sensors = s["sensors"]
+    for m in sensors["failing"]:
+        lines += [
+            "",
+            f"**Sensor failing: {m}**: {sensors[m]['set_aside_rate']:.0%} of its inputs set aside as unlike training.",
+        ]
     drift = s["drift"]
     lines += ["", f"Drifted columns: {drift['share']:.0%} (drift at {s['drift_share']:.0%})", ""]
     lines += ["| column | group | p-value | drifted |", "|---|---|---|---|"]

@@ -23,6 +23,7 @@ class MonitorParams(Section):
     drift_share: float = Field(0.3, gt=0, le=1)  # share of drifted columns at which the window counts as drifted
     min_feedback: int = Field(30, ge=1)  # labelled requests needed before live accuracy is judged
     accuracy_drop: float = Field(0.10, ge=0, le=1)  # reference accuracy minus live accuracy that counts as drift
+    sensor_setaside_rate: float = Field(0.2, gt=0, le=1)  # a modality set aside more often than this: sensor failing
     modality_tolerance: float = Field(0.25, ge=0, le=1)  # allowed gap between live and reference modality shares
     training_deployment: str = "nightly"  # the training flow's deployment name: drift runs "mmfuse-training/<this>"
     training_cron: str = "0 2 * * *"  # nightly retraining

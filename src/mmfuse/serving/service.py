@@ -35,6 +35,7 @@ import torch
 from mmfuse.inference.log import InferenceLog, LogRecord, log_path
 from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
+from mmfuse.modality import MODALITIES
 from mmfuse.serving.api import PROTECTED, SERVE, FeedbackResponse, ServiceBinding, app
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
@@ -142,6 +143,8 @@ class MMFuse:
                     confidence=prediction.confidence,
                     probabilities=prediction.probabilities,
                     latency_ms=latency_ms,
+                    trust=tuple(prediction.trust[m].score if m in prediction.trust else None for m in MODALITIES),
+                    set_aside=tuple(m in prediction.modalities_set_aside for m in MODALITIES),
                 )
             )
             predictions.append(prediction)
