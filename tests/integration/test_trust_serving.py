@@ -20,10 +20,11 @@ def _trust(artifact: Path, unusual: set[str]) -> Trust:
     model, _ = load_model(artifact)
     classes, dim = model.spec.n_classes, model.spec.arch.embed_dim
 
-    def fitted(reference: float) -> ModalityTrust:
-        return ModalityTrust(np.zeros((classes, dim)), np.eye(dim), np.array([reference]))
+    def fitted(m: str) -> ModalityTrust:
+        size = dim + (2 if m == "text" else 3)  # the embedding and the input statistics (`input_features`)
+        return ModalityTrust(np.zeros((classes, size)), np.eye(size), np.array([0.0 if m in unusual else 1e12]))
 
-    return Trust(model.spec.modalities, {m: fitted(0.0 if m in unusual else 1e12) for m in model.spec.modalities}, 0.99)
+    return Trust(model.spec.modalities, {m: fitted(m) for m in model.spec.modalities}, 0.99)
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ def robustness_curves(
     reference_rows = mask[:, [modalities.index(m) for m in unimodal]].any(dim=1)
     clean_unimodal = {m: clean_logits[m] for m in unimodal}
     clean_reference = late_fusion_logits(clean_unimodal, mask, modalities)
-    clean_robust = accuracy(set_aside_logits(fused, trust, clean_embeddings, present), labels, fused_rows)
+    clean_robust = accuracy(set_aside_logits(fused, trust, clean_embeddings, present, tensors), labels, fused_rows)
     results: dict[str, Any] = {}
     for corruption in CORRUPTIONS:
         modality = corruption.modality
@@ -115,7 +115,7 @@ def robustness_curves(
             own = model_logits(unimodal[modality], noisy, batch_size)
             reference = late_fusion_logits({**clean_unimodal, modality: own}, mask, modalities)
             curve[FUSED].append(accuracy(fused_logits, labels, fused_rows))
-            curve[ROBUST].append(accuracy(set_aside_logits(fused, trust, emb, present), labels, fused_rows))
+            curve[ROBUST].append(accuracy(set_aside_logits(fused, trust, emb, present, noisy), labels, fused_rows))
             curve[MASKED].append(masked)
             curve[REFERENCE].append(accuracy(reference, labels, reference_rows))
             curve[modality].append(accuracy(own, labels, own_rows))
@@ -136,10 +136,10 @@ def robustness_curves(
 
 
 def set_aside_logits(
-    model: MultimodalClassifier, trust: Trust, emb: torch.Tensor, present: torch.Tensor
+    model: MultimodalClassifier, trust: Trust, emb: torch.Tensor, present: torch.Tensor, inputs: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     """Fused logits with every untrusted modality treated as missing (what the service answers)."""
-    return model.fuse(emb, trust.trusted(trust.scores(emb, present), present))[0]
+    return model.fuse(emb, trust.trusted(trust.scores(emb, present, inputs), present))[0]
 
 
 def corruption_regret(curves: dict[str, Any]) -> dict[str, float]:

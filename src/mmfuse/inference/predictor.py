@@ -175,7 +175,7 @@ class Predictor:
             if self.trust is None:  # an artifact from before trust: every input is believed
                 scores, trusted = torch.full(present.shape, torch.nan, dtype=torch.float64), present
             else:
-                scores = self.trust.scores(embedding, present)
+                scores = self.trust.scores(embedding, present, batch)
                 trusted = self.trust.trusted(scores, present)
             logits, aux = self.model.fuse(embedding, trusted)
             probabilities = torch.softmax(logits / self.temperature, dim=1)

@@ -223,7 +223,7 @@ def run(
         )
         clean_present = models[FUSED].presence(tensors)
         setaside = set_aside_rates(
-            fitted, embeddings(models[FUSED], tensors, clean_present, params.batch_size), clean_present
+            fitted, embeddings(models[FUSED], tensors, clean_present, params.batch_size), clean_present, tensors
         )
         progress.update(task, advance=1, description="robustness")
         curves = robustness_curves(
