@@ -47,7 +47,10 @@ def test_predict_with_all_modalities_answers_the_contract(service):
         "confidence",
         "probabilities",
         "modalities_used",
+        "modalities_set_aside",
         "modalities_ignored",
+        "trust",
+        "notes",
         "contributions",
         "driver",
         "model_version",
@@ -59,6 +62,7 @@ def test_predict_with_all_modalities_answers_the_contract(service):
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
     assert body["confidence"] == body["probabilities"][body["label"]]
     assert body["modalities_used"] == ["image", "audio", "text"] and body["modalities_ignored"] == []
+    assert body["modalities_set_aside"] == [] and body["notes"] == []  # the test champion carries no trust
     shares = {m: c["share"] for m, c in body["contributions"].items()}
     assert set(shares) == {"image", "audio", "text"} and sum(shares.values()) == pytest.approx(1.0)
     assert body["driver"] == max(shares, key=shares.get)
