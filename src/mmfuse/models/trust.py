@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +71,12 @@ class ModalityTrust:
         """Squared Mahalanobis distance [N] of each embedding [N, D] to its nearest class mean."""
         x = embeddings.astype(np.float64)
         xp = x @ self.precision  # (x - mu)' P (x - mu) = x'Px - 2 x'P mu + mu'P mu, for every class at once
-        centre = np.einsum("cd,de,ce->c", self.means, self.precision, self.means)
-        return ((xp * x).sum(axis=1)[:, None] - 2 * xp @ self.means.T + centre[None, :]).min(axis=1)
+        return ((xp * x).sum(axis=1)[:, None] - 2 * xp @ self.means.T + self._centres[None, :]).min(axis=1)
+
+    @cached_property
+    def _centres(self) -> np.ndarray:
+        """mu'P mu of every class, computed once (a third of a request's trust cost otherwise)."""
+        return np.einsum("cd,de,ce->c", self.means, self.precision, self.means)
 
     def scores(self, embeddings: np.ndarray) -> np.ndarray:
         """[N] in [0, 1]: the share of clean validation inputs that look more usual than each embedding."""
