@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from mmfuse.evaluation.predict import FUSED, accuracy
+from mmfuse.modality import MODALITIES
 
 
 def _percent(value: float) -> float:
@@ -41,3 +45,27 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, names: lis
 def confusion_rows(labels: np.ndarray, predicted: np.ndarray, names: list[str]) -> list[tuple[str, str]]:
     """(actual, predicted) label names per sample, the input of DVC's confusion-matrix template."""
     return [(names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())]
+
+
+def speaker_results(
+    speakers: np.ndarray, labels: torch.Tensor, logits: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Per speaker: each model's accuracy, the best dedicated single-modality model, and whether the
+    fusion model falls below it (the case the speaker-held-out split exists to reveal)."""
+    results: dict[str, Any] = {}
+    for speaker in sorted(set(speakers.tolist()) - {""}):
+        selected = torch.from_numpy(speakers == speaker)
+        scores = {
+            name: accuracy(logits[name], labels, rows[name] & selected)
+            for name in logits
+            if bool((rows[name] & selected).any())
+        }
+        singles = {m: scores[m] for m in MODALITIES if m in scores}
+        best = max(singles, key=singles.__getitem__)
+        results[speaker] = {
+            "count": int(selected.sum()),
+            "accuracy": scores,
+            "best_single": best,
+            "fusion_worse": scores[FUSED] < singles[best],
+        }
+    return results

@@ -335,3 +335,24 @@ def render_markdown(results: dict[str, Any]) -> str:
         worse = [s for s, v in results["speakers"].items() if v["fusion_worse"]]
         parts += ["", f"Fusion below the best single modality on: {', '.join(worse) if worse else 'no speaker'}."]
     return "\n".join(parts) + "\n"
+
+
+def metrics_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics file: headline numbers, per subset, per model, robustness summaries, sizes."""
+    return {
+        **results["headline"],
+        "subsets": results["subsets"],
+        "models": {name: {k: m[k] for k in ("accuracy", "macro_f1", "count")} for name, m in results["models"].items()},
+        "robustness": {name: curve["summary"] for name, curve in results["robustness"].items()},
+        "speakers": {
+            name: {
+                "fused": s["accuracy"][FUSED],
+                "best_single": s["accuracy"][s["best_single"]],
+                "best_single_modality": s["best_single"],
+                "fusion_worse": s["fusion_worse"],
+            }
+            for name, s in results["speakers"].items()
+        },
+        "complexity": results["parameters"],
+        "trust": results["trust"],
+    }

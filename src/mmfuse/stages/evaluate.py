@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,18 +27,17 @@ from mmfuse.data.manifest import dataset_manifest
 from mmfuse.evaluation import complexity
 from mmfuse.evaluation.calibration import calibrate
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
-from mmfuse.evaluation.metrics import classification_metrics, confusion_rows
+from mmfuse.evaluation.metrics import classification_metrics, confusion_rows, speaker_results
 from mmfuse.evaluation.predict import (
     FUSED,
     REFERENCE,
     ROBUST,
-    accuracy,
     embeddings,
     late_fusion_logits,
     model_logits,
     scored_rows,
 )
-from mmfuse.evaluation.report import figures, render_html, render_markdown
+from mmfuse.evaluation.report import figures, metrics_summary, render_html, render_markdown
 from mmfuse.evaluation.robustness import corruption_regret, robustness_curves, robustness_rows
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.evaluation.trust import fit_on_splits, set_aside_rates
@@ -56,30 +53,6 @@ from mmfuse.preprocess.state import PreprocessState
 from mmfuse.stages import console, stage_cli
 
 SPLIT = "test"
-
-
-def _speakers(
-    speakers: np.ndarray, labels: torch.Tensor, logits: dict[str, torch.Tensor], rows: dict[str, torch.Tensor]
-) -> dict[str, Any]:
-    """Per speaker: each model's accuracy, the best dedicated single-modality model, and whether the
-    fusion model falls below it (the case the speaker-held-out split exists to reveal)."""
-    results: dict[str, Any] = {}
-    for speaker in sorted(set(speakers.tolist()) - {""}):
-        selected = torch.from_numpy(speakers == speaker)
-        scores = {
-            name: accuracy(logits[name], labels, rows[name] & selected)
-            for name in logits
-            if bool((rows[name] & selected).any())
-        }
-        singles = {m: scores[m] for m in MODALITIES if m in scores}
-        best = max(singles, key=singles.__getitem__)
-        results[speaker] = {
-            "count": int(selected.sum()),
-            "accuracy": scores,
-            "best_single": best,
-            "fusion_worse": scores[FUSED] < singles[best],
-        }
-    return results
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -117,27 +90,6 @@ def _write_plots(plots_dir: Path, results: dict[str, Any], confusion: list[tuple
         ["subset", "model", "accuracy"],
         [[name, kind, s[kind]] for name, s in results["subsets"].items() for kind in ("fused", "dedicated")],
     )
-
-
-def _metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """The DVC metrics file: headline numbers, per subset, per model, robustness summaries, sizes."""
-    return {
-        **results["headline"],
-        "subsets": results["subsets"],
-        "models": {name: {k: m[k] for k in ("accuracy", "macro_f1", "count")} for name, m in results["models"].items()},
-        "robustness": {name: curve["summary"] for name, curve in results["robustness"].items()},
-        "speakers": {
-            name: {
-                "fused": s["accuracy"][FUSED],
-                "best_single": s["accuracy"][s["best_single"]],
-                "best_single_modality": s["best_single"],
-                "fusion_worse": s["fusion_worse"],
-            }
-            for name, s in results["speakers"].items()
-        },
-        "complexity": results["parameters"],
-        "trust": results["trust"],
-    }
 
 
 def _progress() -> Progress:
@@ -239,7 +191,9 @@ def run(
         )
         regret = corruption_regret(curves)
         speakers = (
-            _speakers(manifest_rows["speaker"].to_numpy(), labels, logits, rows) if "speaker" in manifest_rows else {}
+            speaker_results(manifest_rows["speaker"].to_numpy(), labels, logits, rows)
+            if "speaker" in manifest_rows
+            else {}
         )
         progress.update(task, advance=1, description="complexity")
         timed = {name: rows[name].nonzero().squeeze(1)[: params.latency_batch] for name in models}
@@ -280,7 +234,7 @@ def run(
         progress.update(task, advance=1, description="report")
         page = render_html(results, measured, figures(results))
         progress.advance(task)
-    summary = _metrics(results)
+    summary = metrics_summary(results)
     confusion = confusion_rows(labels[fused_test].numpy(), logits[FUSED].argmax(dim=1)[fused_test].numpy(), names)
     _write_plots(plots_dir, results, confusion)
     write_json(metrics_path, summary)
