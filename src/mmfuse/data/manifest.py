@@ -17,7 +17,6 @@ from mmfuse.params.data import DataParams
 
 REQUIRED_COLUMNS = ("sample_id", "label", "split", "image", "audio", "text")
 SPLITS = ("train", "val", "test")
-MANIFEST_NAMES = ("manifest.csv", "manifest.parquet")
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
@@ -45,15 +44,6 @@ def read_manifest(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise ManifestError(f"manifest {path} has no rows.")
     return frame
-
-
-def find_manifest(dataset_root: Path) -> Path:
-    """Return the manifest inside a dataset folder."""
-    for name in MANIFEST_NAMES:
-        candidate = Path(dataset_root) / name
-        if candidate.is_file():
-            return candidate
-    raise ManifestError(f"{dataset_root} holds no {' or '.join(MANIFEST_NAMES)}.")
 
 
 def unsafe_path_reason(rel: str) -> str | None:
