@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_array, corruption_rng, split_rows
+from mmfuse.evaluation.corruption import CORRUPTIONS, RawSplit, corrupted_array, corruption_rng, split_rows
 from mmfuse.evaluation.predict import embeddings
-from mmfuse.evaluation.trust import fit_on_splits
+from mmfuse.evaluation.trust import encoded
 from mmfuse.io import write_json
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
-from mmfuse.models.trust import fit_modality, input_features, trust_features
+from mmfuse.models.trust import fit_modality, fit_trust, input_features, trust_features
 from mmfuse.params import load_params
 from mmfuse.preprocess.state import PreprocessState
 
@@ -52,7 +52,7 @@ def main() -> None:
     state = PreprocessState.from_dict(config["preprocessing"])
     splits = {name: load_split(args.processed, name) for name in ("train", "val", "test")}
     test = splits["test"]
-    raw = RawTestSet.load(split_rows(args.manifest, test.sample_ids), args.manifest.parent, test.tensors["mask"], state)
+    raw = RawSplit.load(split_rows(args.manifest, test.sample_ids), args.manifest.parent, test.tensors["mask"], state)
     threshold = 1.0 - params.trust.false_alarm
 
     def features(kind: str, tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
@@ -83,14 +83,20 @@ def main() -> None:
                 row[corruption.name] = flagged
             result[kind] = row
             print(kind, row, flush=True)
-        trust = fit_on_splits(model, splits["train"], splits["val"], params.trust.false_alarm, params.batch_size)
+        trust = fit_trust(
+            tuple(model.spec.modalities),
+            encoded(model, splits["train"].tensors, params.batch_size),
+            splits["train"].tensors["label"],
+            encoded(model, splits["val"].tensors, params.batch_size),
+            params.trust.false_alarm,
+        )
         one = {key: value[:1] for key, value in test.tensors.items()}
         present = model.presence(one)
         emb = model.encode(one, present)
         timings = []
         for _ in range(1000):
             started = time.perf_counter()
-            trust.trusted(trust.scores(emb, present, one), present)
+            trust.assess(emb, present, one)
             timings.append((time.perf_counter() - started) * 1000)
     write_json(
         RESULT,

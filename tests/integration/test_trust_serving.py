@@ -12,11 +12,12 @@ from test_service_support import build_artifact, png, wav
 from mmfuse.errors import MMFuseError
 from mmfuse.inference.predictor import Predictor, RawSample
 from mmfuse.models.artifact import load_model
-from mmfuse.models.trust import TRUST, ModalityTrust, Trust, load_trust, save_trust
+from mmfuse.models.trust import TRUST, Gate, ModalityTrust, Trust, load_trust, save_trust
 
 
-def _trust(artifact: Path, unusual: set[str]) -> Trust:
-    """A trust under which every input of the `unusual` modalities scores 1 (more unusual than all of val)."""
+def _trust(artifact: Path, unusual: set[str], reliability: dict[str, float] | None = None) -> Trust:
+    """A trust under which every input of the `unusual` modalities scores 1 (more unusual than all of val);
+    with `reliability`, served `weighted`, each modality weighed by that constant chance (slope 0)."""
     model, _ = load_model(artifact)
     classes, dim = model.spec.n_classes, model.spec.arch.embed_dim
 
@@ -24,7 +25,12 @@ def _trust(artifact: Path, unusual: set[str]) -> Trust:
         size = dim + (2 if m == "text" else 3)  # the embedding and the input statistics (`input_features`)
         return ModalityTrust(np.zeros((classes, size)), np.eye(size), np.array([0.0 if m in unusual else 1e12]))
 
-    return Trust(model.spec.modalities, {m: fitted(m) for m in model.spec.modalities}, 0.99)
+    per_modality = {m: fitted(m) for m in model.spec.modalities}
+    if reliability is None:
+        return Trust(model.spec.modalities, per_modality, 0.99)
+    chance = np.array([reliability.get(m, 1.0 - 1e-12) for m in model.spec.modalities])
+    gate = Gate(np.zeros((len(chance), 2)), np.log(chance / (1 - chance)), np.zeros((len(chance), 2)))
+    return Trust(model.spec.modalities, per_modality, 0.99, gate, "weighted")
 
 
 @pytest.fixture
@@ -51,6 +57,26 @@ def test_an_untrusted_image_is_set_aside_and_the_answer_is_the_one_without_it(ar
     assert torch.allclose(scores.probabilities, without.probabilities)
 
 
+def test_a_weighed_modality_pulls_the_answer_only_as_far_as_it_is_believed(artifact: Path) -> None:
+    sample = RawSample(image=png(), audio=wav(), text="three")
+    save_trust(artifact / TRUST, _trust(artifact, set()))
+    everything, _ = _answer(Predictor(artifact, "test"), sample)
+    without, _ = _answer(Predictor(artifact, "test"), RawSample(audio=wav(), text="three"))
+    save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}))
+    scores, answer = _answer(Predictor(artifact, "test"), sample)
+    assert answer.trust["image"].weight == pytest.approx(0.3) and answer.trust["audio"].weight == pytest.approx(1.0)
+    expected = 0.3 * everything.probabilities.double() + 0.7 * without.probabilities.double()
+    assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
+    assert float(scores.probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert answer.modalities_set_aside == ["image"]  # believed less likely reliable than not: reported as set aside
+    assert answer.notes == ["image set aside: weighed 0.30, unlike training image (score 0.000)"]
+    save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.8}))
+    scores, answer = _answer(Predictor(artifact, "test"), sample)
+    assert answer.modalities_set_aside == [] and answer.modalities_used == ["image", "audio", "text"]
+    expected = 0.8 * everything.probabilities.double() + 0.2 * without.probabilities.double()
+    assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
+
+
 def test_when_every_input_is_untrusted_the_most_usual_one_answers(artifact: Path) -> None:
     save_trust(artifact / TRUST, _trust(artifact, {"image", "audio", "text"}))
     _, answer = _answer(Predictor(artifact, "test"), RawSample(image=png(), audio=wav(), text="three"))
@@ -64,9 +90,11 @@ def test_a_model_without_trust_believes_every_input(artifact: Path) -> None:
 
 
 def test_trust_files_round_trip_byte_identically_and_refuse_garbage(artifact: Path, tmp_path: Path) -> None:
-    trust = _trust(artifact, {"audio"})
+    trust = _trust(artifact, {"audio"}, {"image": 0.4})
     save_trust(tmp_path / "a.safetensors", trust)
-    save_trust(tmp_path / "b.safetensors", load_trust(tmp_path / "a.safetensors"))
+    again = load_trust(tmp_path / "a.safetensors")
+    assert again.method == "weighted" and np.array_equal(again.gate.bias, trust.gate.bias)
+    save_trust(tmp_path / "b.safetensors", again)
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     (tmp_path / "bad.safetensors").write_bytes(b"not a trust file")
     with pytest.raises(MMFuseError, match="not a readable trust file"):

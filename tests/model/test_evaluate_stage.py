@@ -119,7 +119,14 @@ def test_metrics_cover_models_subsets_robustness_speakers_and_calibration(runs) 
     }
     assert metrics["models"]["text"]["count"] == 16  # a third of the 24 test samples have no text
     assert set(metrics["robustness"]) == {c.name for c in CORRUPTIONS}
-    assert set(metrics["robustness"]["audio_snr"]) == {"fused", "robust", "masked", "late_fusion", "audio"}
+    assert set(metrics["robustness"]["audio_snr"]) == {
+        "fused",
+        "set_aside",
+        "weighted",
+        "masked",
+        "late_fusion",
+        "audio",
+    }
     assert metrics["robustness"]["text_typos"]["late_fusion"]["effective"] == 0.0
     assert set(metrics["speakers"]) == {"ann", "ben"}
     assert metrics["complexity"]["fused"]["parameters"] > metrics["complexity"]["image"]["parameters"]
@@ -136,8 +143,8 @@ def test_plot_files_have_the_dvc_layouts(runs) -> None:
     with open(first / "plots/robustness.csv") as handle:
         curves = list(csv.DictReader(handle))
     assert set(curves[0]) == {"corruption", "modality", "severity", "level", "model", "accuracy"}
-    # corruptions x (fused, robust, masked, reference, unimodal) x (clean + 6 levels)
-    assert len(curves) == len(CORRUPTIONS) * 5 * 7
+    # corruptions x (fused, set_aside, weighted, masked, reference, unimodal) x (clean + 6 levels)
+    assert len(curves) == len(CORRUPTIONS) * 6 * 7
     complexity = json.loads((first / "reports/complexity.json").read_text())
     assert complexity["models"]["fused"]["per_batch_ms"] > 0 and complexity["models"]["fused"]["train_seconds"] > 0
 
@@ -172,20 +179,24 @@ def test_re_encoding_one_modality_matches_a_full_forward(project) -> None:
         assert torch.allclose(model.fuse(emb, present)[0], model(noisy), atol=1e-5)
 
 
-def test_set_aside_is_judged_against_trusting_and_masking(runs) -> None:
-    """The served model (robust) beside trusting every input and masking the corrupted modality."""
+def test_the_served_method_is_judged_against_trusting_and_masking(runs) -> None:
+    """The served trust method beside trusting every input and masking the corrupted modality."""
     first, _, metrics = runs
     details = json.loads((first / "reports/details.json").read_text())
+    method = metrics["trust_method"]
+    assert method == PARAMS.trust.method
     for curve in details["robustness"].values():
         masked = curve["accuracy"]["masked"]
         assert len(set(masked)) == 1  # masking ignores the corruption: flat
-        assert curve["accuracy"]["robust"][0] == metrics["robust_accuracy"]
-    worst = max(
-        max(c["accuracy"]["masked"][s], c["accuracy"]["fused"][s]) - c["accuracy"]["robust"][s]
-        for c in details["robustness"].values()
-        for s in range(1, len(c["levels"]))
-    )
-    assert metrics["corruption_regret_points"] == round(worst, 4)
+        assert curve["accuracy"][method][0] == metrics["robust_accuracy"]
+    for name in ("set_aside", "weighted"):
+        worst = max(
+            max(c["accuracy"]["masked"][s], c["accuracy"]["fused"][s]) - c["accuracy"][name][s]
+            for c in details["robustness"].values()
+            for s in range(1, len(c["levels"]))
+        )
+        assert details["trust"]["corruption_regret_points"][name]["all"] == round(worst, 4)
+    assert metrics["corruption_regret_points"] == details["trust"]["corruption_regret_points"][method]["all"]
     assert metrics["corruption_regret_points"] == max(
         metrics["corruption_regret_seen_points"], metrics["corruption_regret_unseen_points"]
     )

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from mmfuse.errors import MMFuseError
 from mmfuse.evaluation.corruption import (
     CORRUPTIONS,
-    RawTestSet,
+    RawSplit,
     corrupted_array,
     corrupted_levels,
     corruption_rng,
@@ -30,12 +30,12 @@ IDENTITY = {"image_noise": 0.0, "audio_snr": float("inf"), "text_typos": 0.0}
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RawTestSet, dict, PreprocessState]:
+def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RawSplit, dict, PreprocessState]:
     out = tmp_path_factory.mktemp("processed-eval") / "avd"
     build_processed(tiny_dataset, out, PreprocessParams(workers=1))
     test = load_split(out, "test")
     state = PreprocessState.from_dict(json.loads((out / "meta.json").read_text()))
-    raw = RawTestSet.load(split_rows(tiny_dataset, test.sample_ids), tiny_dataset.parent, test.tensors["mask"], state)
+    raw = RawSplit.load(split_rows(tiny_dataset, test.sample_ids), tiny_dataset.parent, test.tensors["mask"], state)
     return raw, test.tensors, state
 
 
@@ -84,7 +84,7 @@ def test_a_manifest_that_disagrees_with_the_processed_split_is_refused(prepared,
     rows = split_rows(tiny_dataset, [f"s-0{i}" for i in range(4)]).copy()
     rows.loc["s-00", "audio"] = ""
     with pytest.raises(MMFuseError, match="carry audio"):
-        RawTestSet.load(rows, tiny_dataset.parent, tensors["mask"], state)
+        RawSplit.load(rows, tiny_dataset.parent, tensors["mask"], state)
     with pytest.raises(MMFuseError, match="lacks samples"):
         split_rows(tiny_dataset, ["nope"])
 

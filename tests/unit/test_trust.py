@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmfuse.models.trust import Encoded, fit_trust
+from mmfuse.models.trust import Encoded, fit_gate, fit_trust, gate_features, mixture, subset_bits
 
 MODALITIES = ("image", "audio", "text")
 
@@ -22,6 +22,11 @@ def _split(rng: np.random.Generator, labels: np.ndarray, centres: np.ndarray) ->
     return Encoded(emb, torch.ones(n, 3, dtype=torch.bool), inputs)
 
 
+def _aux(split: Encoded) -> torch.Tensor:
+    """Unimodal logits [N, M, 5] (the gate reads their energy; these tests fit no gate)."""
+    return torch.zeros(split.embeddings.shape[0], 3, 5)
+
+
 def test_clean_inputs_are_set_aside_at_the_false_alarm_rate_and_shifted_ones_always() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 4, (5, 16))
@@ -29,12 +34,12 @@ def test_clean_inputs_are_set_aside_at_the_false_alarm_rate_and_shifted_ones_alw
     train = _split(rng, train_labels, centres)
     trust = fit_trust(MODALITIES, train, torch.from_numpy(train_labels), _split(rng, val_labels, centres), 0.05)
     test = _split(rng, test_labels, centres)
-    clean = trust.trusted(trust.scores(test.embeddings, test.present, test.inputs), test.present)
+    clean = trust.assess(test.embeddings, test.present, test.inputs, _aux(test)).trusted
     assert 0.03 < 1 - float(clean.double().mean()) < 0.07  # the val-calibrated rate holds on fresh data
     test.embeddings[:, 1] += 6.0  # the audio sensor goes wrong: its embedding leaves the training clusters
     test.inputs["image"] = 1.0 - test.inputs["image"]  # the camera inverts: only its input statistics move
-    scores = trust.scores(test.embeddings, test.present, test.inputs)
-    trusted = trust.trusted(scores, test.present)
+    assessment = trust.assess(test.embeddings, test.present, test.inputs, _aux(test))
+    scores, trusted = assessment.scores, assessment.trusted
     assert float(trusted[:, 1].double().mean()) < 0.01 and float(trusted[:, 0].double().mean()) < 0.05
     assert float(trusted[:, 2].double().mean()) > 0.9
     assert bool((scores >= 0).all() and (scores <= 1).all())
@@ -48,5 +53,49 @@ def test_absent_modalities_get_no_score_and_are_never_trusted() -> None:
     trust = fit_trust(MODALITIES, split, torch.from_numpy(labels), split, false_alarm=0.01)
     partial = split.present.clone()
     partial[:, 2] = False
-    scores = trust.scores(split.embeddings, partial, split.inputs)
-    assert bool(scores[:, 2].isnan().all()) and not bool(trust.trusted(scores, partial)[:, 2].any())
+    assessment = trust.assess(split.embeddings, partial, split.inputs, _aux(split))
+    assert bool(assessment.scores[:, 2].isnan().all()) and not bool(assessment.trusted[:, 2].any())
+    assert not bool(assessment.weights("weighted")[:, 2].any()) and not bool(assessment.weights("fused")[:, 2].any())
+
+
+def _log_probs(rng: np.random.Generator, n: int, classes: int) -> torch.Tensor:
+    """Random normalised log-probabilities [n, 8, classes] of the 8 subsets of 3 modalities."""
+    return torch.log_softmax(torch.from_numpy(rng.normal(0, 2, (n, 8, classes))), dim=2)
+
+
+def test_the_mixture_is_trusting_all_at_weight_one_and_a_subset_at_weights_zero_or_one() -> None:
+    log_probs = _log_probs(np.random.default_rng(2), 6, 4)
+    assert torch.allclose(mixture(log_probs, torch.ones(6, 3, dtype=torch.float64)), log_probs[:, 7])
+    only_audio_text = torch.tensor([[0.0, 1.0, 1.0]]).expand(6, 3)
+    assert torch.allclose(mixture(log_probs, only_audio_text), log_probs[:, 0b110])
+    assert bool(subset_bits(3)[0b110].tolist() == [False, True, True])
+    halfway = mixture(log_probs, torch.tensor([[0.5, 1.0, 1.0]]).expand(6, 3))
+    expected = torch.log(0.5 * log_probs[:, 0b111].exp() + 0.5 * log_probs[:, 0b110].exp())
+    assert torch.allclose(halfway, expected)
+    assert torch.allclose(halfway.exp().sum(dim=1), torch.ones(6, dtype=torch.float64))
+
+
+def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sensor() -> None:
+    rng = np.random.default_rng(3)
+    n, classes = 3000, 5
+    labels = torch.from_numpy(rng.integers(0, classes, n))
+    broken = torch.from_numpy(rng.random(n) < 0.4)
+    distances = torch.from_numpy(np.exp(rng.normal(0, 0.3, (n, 3))))
+    distances[broken, 0] *= 20.0  # a broken image lies far from training ...
+    logits = torch.from_numpy(rng.normal(0, 1, (n, 8, classes)))
+    image_subsets = subset_bits(3)[:, 0]
+    wrong = (labels + 1) % classes
+    for k in range(8):  # the image knows the label best, unless it is broken: then it misleads
+        logits[torch.arange(n), k, labels] += 4.0 if bool(image_subsets[k]) else 0.5
+        if bool(image_subsets[k]):
+            logits[broken, k, wrong[broken]] += 8.0
+    log_probs = torch.log_softmax(logits, dim=2)
+    trusted = torch.ones(n, 3, dtype=torch.bool)
+    features = gate_features(distances, torch.zeros(n, 3, classes))  # the energy says nothing here: all heads flat
+    gate = fit_gate(features, trusted, log_probs, labels, np.zeros((3, 2)))
+    assert gate.slope[0, 0] > 1.0  # the image is doubted the further it lies
+    reliability = gate.reliability(features)
+    assert float(reliability[broken, 0].max()) < 0.2 < 0.8 < float(reliability[~broken, 0].median())
+    mixed = mixture(log_probs, torch.where(trusted, reliability, 0.0)).argmax(dim=1)
+    trusting = log_probs[:, 7].argmax(dim=1)
+    assert float((mixed == labels).double().mean()) > float((trusting == labels).double().mean()) + 0.15

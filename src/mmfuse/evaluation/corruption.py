@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,8 +56,9 @@ class Corruption:
     """One noise family: its name (a metric key), the modality it hits, its noise model and where its levels live.
 
     `seen` families are the established ones (the hard preset's own kinds of noise among them);
-    unseen ones are held out from every choice made here, trust threshold included, so they
-    tell how set-aside copes with a failure nobody anticipated.
+    the trust's reliability gate is fitted on them (`one_corrupted`). Unseen ones are held out
+    from every choice made here, gate and threshold included, so they tell how the trust
+    copes with a failure nobody anticipated.
     """
 
     name: str
@@ -87,16 +88,16 @@ CORRUPTIONS: tuple[Corruption, ...] = (
 
 
 @dataclass(frozen=True)
-class RawTestSet:
-    """The decoded raw media of the processed test split, in its row order (None where absent)."""
+class RawSplit:
+    """The decoded raw media of a processed split, in its row order (None where absent)."""
 
     images: list[np.ndarray | None]
     waves: list[tuple[np.ndarray, int] | None]
     texts: list[str | None]
 
     @classmethod
-    def load(cls, rows: pd.DataFrame, root: Path, mask: torch.Tensor, state: PreprocessState) -> "RawTestSet":
-        """Decode every test sample once (`rows` from `split_rows`, media paths relative to `root`).
+    def load(cls, rows: pd.DataFrame, root: Path, mask: torch.Tensor, state: PreprocessState) -> "RawSplit":
+        """Decode every sample of a split once (`rows` from `split_rows`, media paths relative to `root`).
 
         Refuses rows whose modalities differ from the processed split's mask: they would be
         another dataset than the one the clean accuracy was measured on.
@@ -104,7 +105,7 @@ class RawTestSet:
         for column, name in enumerate(MODALITIES):
             if not np.array_equal((rows[name] != "").to_numpy(), mask[:, column].numpy()):
                 raise MMFuseError(
-                    f"the manifest and the processed test split disagree on which samples carry {name}; "
+                    f"the manifest and the processed split disagree on which samples carry {name}; "
                     "rerun the preprocess stage."
                 )
         params = state.params
@@ -113,6 +114,10 @@ class RawTestSet:
             waves=[decode_audio(resolve_media(root, p), params.audio) if p else None for p in rows["audio"]],
             texts=[t if t else None for t in rows["text"]],
         )
+
+    def take(self, rows: Sequence[int]) -> "RawSplit":
+        """The samples at `rows`, in that order."""
+        return RawSplit([self.images[i] for i in rows], [self.waves[i] for i in rows], [self.texts[i] for i in rows])
 
 
 def split_rows(manifest_path: Path, sample_ids: list[str]) -> pd.DataFrame:
@@ -127,9 +132,9 @@ def split_rows(manifest_path: Path, sample_ids: list[str]) -> pd.DataFrame:
 
 
 def corrupted_array(
-    raw: RawTestSet, corruption: Corruption, level: float, rng: np.random.Generator, state: PreprocessState
+    raw: RawSplit, corruption: Corruption, level: float, rng: np.random.Generator, state: PreprocessState
 ) -> np.ndarray:
-    """The model input of `corruption.modality` for every test sample, corrupted at `level`.
+    """The model input of `corruption.modality` for every sample of `raw`, corrupted at `level`.
 
     Absent modalities stay zeros, as in the processed split. A text that loses all its
     characters to typos keeps its mask bit: it was sent, just unreadable.
@@ -164,10 +169,10 @@ def corruption_rng(seed: int, corruption: Corruption, level_index: int) -> np.ra
     return np.random.default_rng((seed, CORRUPTIONS.index(corruption), level_index))
 
 
-_worker_inputs: tuple[RawTestSet, PreprocessState] | None = None
+_worker_inputs: tuple[RawSplit, PreprocessState] | None = None
 
 
-def _init_worker(raw: RawTestSet, state: PreprocessState) -> None:
+def _init_worker(raw: RawSplit, state: PreprocessState) -> None:
     """Hand the decoded media to a worker once (inherited under fork), not pickled with every task."""
     global _worker_inputs
     _worker_inputs = (raw, state)
@@ -182,9 +187,40 @@ def _corrupt(corruption_index: int, level_index: int, level: float, seed: int) -
 NoisyInputs = Callable[[Corruption, int], torch.Tensor]
 
 
+def one_corrupted(
+    raw: RawSplit,
+    tensors: dict[str, torch.Tensor],
+    state: PreprocessState,
+    params: RobustnessParams,
+    seed: int,
+    copy: int = 0,
+) -> dict[str, torch.Tensor]:
+    """A copy of a split's tensors where every sample has one of its modalities corrupted by a
+    seen family at one of its levels, both drawn at random (seeded): what the trust gate is fitted on.
+
+    Unseen families are never drawn, so they still test a failure nobody fitted anything on.
+    Each `copy` draws anew.
+    """
+    rng = np.random.default_rng((seed, len(CORRUPTIONS), copy))  # a stream no (corruption, level) of the curves uses
+    seen = [c for c in CORRUPTIONS if c.seen]
+    mask = tensors["mask"]
+    groups: dict[tuple[int, int], list[int]] = {}
+    for row in range(int(mask.shape[0])):
+        options = [k for k, c in enumerate(seen) if bool(mask[row, MODALITIES.index(c.modality)])]
+        if options:
+            k = options[int(rng.integers(len(options)))]
+            groups.setdefault((k, int(rng.integers(len(seen[k].levels(params))))), []).append(row)
+    out = {key: value.clone() for key, value in tensors.items()}
+    for (k, index), rows in sorted(groups.items()):
+        corruption = seen[k]
+        array = corrupted_array(raw.take(rows), corruption, corruption.levels(params)[index], rng, state)
+        out[corruption.modality][rows] = torch.from_numpy(array)
+    return out
+
+
 @contextmanager
 def corrupted_levels(
-    raw: RawTestSet, state: PreprocessState, params: RobustnessParams, seed: int, workers: int
+    raw: RawSplit, state: PreprocessState, params: RobustnessParams, seed: int, workers: int
 ) -> Iterator[NoisyInputs]:
     """Start featurising every (corruption, level) in `workers` processes now; yield `get(corruption,
     level_index)`, which waits for that level's input tensor.

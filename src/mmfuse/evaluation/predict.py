@@ -11,10 +11,10 @@ import torch
 from mmfuse.models.classifier import MultimodalClassifier
 
 # Names in every table, curve and metric key of the evaluation: the all-modality fusion model
-# trusting every input (models/candidate), the same model with untrusted modalities set aside
-# (what is served), the same model with the corrupted modality masked out, and the late-fusion
-# reference of the unimodal models.
-FUSED, ROBUST, MASKED, REFERENCE = "fused", "robust", "masked", "late_fusion"
+# trusting every input (models/candidate), the same model with the corrupted modality masked
+# out, and the late-fusion reference of the unimodal models. The same model with untrusted
+# inputs set aside, or weighed, is named by its trust method (models.trust.METHODS).
+FUSED, MASKED, REFERENCE = "fused", "masked", "late_fusion"
 
 
 @torch.inference_mode()

@@ -28,7 +28,6 @@ from mmfuse.evaluation.predict import (
     FUSED,
     MASKED,
     REFERENCE,
-    ROBUST,
     accuracy,
     embeddings,
     late_fusion_logits,
@@ -36,7 +35,7 @@ from mmfuse.evaluation.predict import (
     scored_rows,
 )
 from mmfuse.models.classifier import MultimodalClassifier
-from mmfuse.models.trust import Trust
+from mmfuse.models.trust import METHODS, Trust, mixture, subset_log_probs
 from mmfuse.params.evaluate import RobustnessParams
 
 
@@ -66,6 +65,7 @@ def robustness_curves(
     batch_size: int,
     advance: Callable[[], None],
     trust: Trust,
+    temperature: float,
 ) -> dict[str, Any]:
     """{corruption: {modality, unit, levels, accuracy: {model: [...]}, summary: {model: {relative, effective}}}}.
 
@@ -75,9 +75,10 @@ def robustness_curves(
     `noisy_inputs(corruption, level_index)` gives the corrupted modality's input tensor
     (see `corrupted_levels`). `levels[0]` is None: the clean test set. `advance()` is called
     once per corrupted level. Beside the fusion model trusting every input (FUSED), each curve
-    holds the same model with its untrusted modalities set aside by `trust` (ROBUST, what is
-    served) and, flat, with the corrupted modality masked out (MASKED: the best that ignoring
-    the broken sensor can do).
+    holds the same model under the other trust methods (`trust_methods`: untrusted inputs set
+    aside, or every input weighed by its reliability, calibrated by `temperature`) and,
+    flat, with the corrupted modality masked out (MASKED: the best that ignoring the broken
+    sensor can do).
     """
     labels, mask = tensors["label"], tensors["mask"]
     modalities = fused.spec.modalities
@@ -87,7 +88,7 @@ def robustness_curves(
     reference_rows = mask[:, [modalities.index(m) for m in unimodal]].any(dim=1)
     clean_unimodal = {m: clean_logits[m] for m in unimodal}
     clean_reference = late_fusion_logits(clean_unimodal, mask, modalities)
-    clean_robust = accuracy(set_aside_logits(fused, trust, clean_embeddings, present, tensors), labels, fused_rows)
+    clean_methods = trust_methods(fused, trust, clean_embeddings, present, tensors, temperature)
     results: dict[str, Any] = {}
     for corruption in CORRUPTIONS:
         modality = corruption.modality
@@ -99,7 +100,7 @@ def robustness_curves(
         masked = accuracy(fused.fuse(clean_embeddings, others)[0], labels, masked_rows)
         curve = {
             FUSED: [accuracy(clean_logits[FUSED], labels, fused_rows)],
-            ROBUST: [clean_robust],
+            **{name: [accuracy(log_probs, labels, fused_rows)] for name, log_probs in clean_methods.items()},
             MASKED: [masked],
             REFERENCE: [accuracy(clean_reference, labels, reference_rows)],
             modality: [accuracy(clean_logits[modality], labels, own_rows)],
@@ -115,7 +116,8 @@ def robustness_curves(
             own = model_logits(unimodal[modality], noisy, batch_size)
             reference = late_fusion_logits({**clean_unimodal, modality: own}, mask, modalities)
             curve[FUSED].append(accuracy(fused_logits, labels, fused_rows))
-            curve[ROBUST].append(accuracy(set_aside_logits(fused, trust, emb, present, noisy), labels, fused_rows))
+            for name, log_probs in trust_methods(fused, trust, emb, present, noisy, temperature).items():
+                curve[name].append(accuracy(log_probs, labels, fused_rows))
             curve[MASKED].append(masked)
             curve[REFERENCE].append(accuracy(reference, labels, reference_rows))
             curve[modality].append(accuracy(own, labels, own_rows))
@@ -135,21 +137,30 @@ def robustness_curves(
     return results
 
 
-def set_aside_logits(
-    model: MultimodalClassifier, trust: Trust, emb: torch.Tensor, present: torch.Tensor, inputs: dict[str, torch.Tensor]
-) -> torch.Tensor:
-    """Fused logits with every untrusted modality treated as missing (what the service answers)."""
-    return model.fuse(emb, trust.trusted(trust.scores(emb, present, inputs), present))[0]
+def trust_methods(
+    model: MultimodalClassifier,
+    trust: Trust,
+    emb: torch.Tensor,
+    present: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    temperature: float,
+) -> dict[str, torch.Tensor]:
+    """Calibrated log-probabilities [N, C] of the fused model under each trust method but trusting
+    all (set_aside; weighted, when the trust has a gate): what the service would answer under each."""
+    log_probs, aux = subset_log_probs(model, emb, temperature)
+    assessment = trust.assess(emb, present, inputs, aux)
+    names = [name for name in METHODS if name != FUSED and (name != "weighted" or trust.gate is not None)]
+    return {name: mixture(log_probs, assessment.weights(name)) for name in names}
 
 
-def corruption_regret(curves: dict[str, Any]) -> dict[str, float]:
-    """Points by which the served model (ROBUST) falls short of the better of trusting everything and
+def corruption_regret(curves: dict[str, Any], method: str) -> dict[str, float]:
+    """Points by which `method`'s curve falls short of the better of trusting everything and
     masking the corrupted modality, at its worst over every corruption and severity >= 1: overall,
-    and over the seen and the unseen families apart. <= 0 means set-aside never loses to either."""
+    and over the seen and the unseen families apart. <= 0 means it never loses to either."""
     worst: dict[str, float] = {}
     for curve in curves.values():
         acc = curve["accuracy"]
-        gaps = [max(acc[MASKED][s], acc[FUSED][s]) - acc[ROBUST][s] for s in range(1, len(acc[ROBUST]))]
+        gaps = [max(acc[MASKED][s], acc[FUSED][s]) - acc[method][s] for s in range(1, len(acc[method]))]
         for key in ("all", "seen" if curve["seen"] else "unseen"):
             worst[key] = max(worst.get(key, -np.inf), *gaps)
     return {key: round(float(value), 4) + 0.0 for key, value in worst.items()}

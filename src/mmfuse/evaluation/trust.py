@@ -1,42 +1,107 @@
 """Fitting and judging the per-modality trust (models/trust.py) on processed splits.
 
-The evaluate stage fits it (train embeddings and inputs, threshold on val) beside the
+The evaluate stage fits it (train embeddings and inputs, threshold on val, the reliability
+gate on val with one modality of each sample corrupted by a seen noise family) beside the
 temperature, and measures how often it wrongly sets aside a clean test modality.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 import torch
 
+from mmfuse.evaluation.corruption import RawSplit, one_corrupted, split_rows
 from mmfuse.evaluation.predict import embeddings
+from mmfuse.modality import MODALITIES
 from mmfuse.models.classifier import MultimodalClassifier
-from mmfuse.models.data import Split
-from mmfuse.models.trust import Encoded, Trust, fit_trust
+from mmfuse.models.data import Split, load_split
+from mmfuse.models.trust import Encoded, Trust, fit_gate, fit_trust, subset_log_probs
+from mmfuse.params.evaluate import EvaluateParams
+from mmfuse.preprocess.state import PreprocessState
 
 
-def encoded(model: MultimodalClassifier, split: Split, batch_size: int) -> Encoded:
+def encoded(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], batch_size: int) -> Encoded:
     """A split's embeddings, presence and inputs: what the trust is fitted and judged on."""
-    present = model.presence(split.tensors)
-    inputs = {m: split.tensors[m] for m in model.spec.modalities}
-    return Encoded(embeddings(model, split.tensors, present, batch_size), present, inputs)
+    present = model.presence(tensors)
+    inputs = {m: tensors[m] for m in model.spec.modalities}
+    return Encoded(embeddings(model, tensors, present, batch_size), present, inputs)
 
 
-def fit_on_splits(model: MultimodalClassifier, train: Split, val: Split, false_alarm: float, batch_size: int) -> Trust:
-    """The trust of `model`'s modalities: class statistics from train, the threshold from val."""
-    return fit_trust(
+def fit_on_splits(
+    model: MultimodalClassifier,
+    train: Split,
+    val: Split,
+    val_corrupted: list[dict[str, torch.Tensor]],
+    temperature: float,
+    false_alarm: float,
+    method: str,
+    batch_size: int,
+) -> Trust:
+    """The trust of `model`'s modalities, served by `method`: class statistics from train, the
+    threshold from clean val, the gate from clean val plus `val_corrupted` (val with one
+    modality of each sample corrupted: `corruption.one_corrupted`)."""
+    clean = encoded(model, val.tensors, batch_size)
+    trust = fit_trust(
         tuple(model.spec.modalities),
-        encoded(model, train, batch_size),
+        encoded(model, train.tensors, batch_size),
         train.tensors["label"],
-        encoded(model, val, batch_size),
+        clean,
         false_alarm,
+    )
+    parts = []
+    for e in [clean, *(encoded(model, tensors, batch_size) for tensors in val_corrupted)]:
+        log_probs, aux = subset_log_probs(model, e.embeddings, temperature)
+        parts.append((trust.assess(e.embeddings, e.present, e.inputs, aux), log_probs))
+    clean_features = parts[0][0].features.numpy().copy()
+    clean_features[~parts[0][0].present.numpy()] = np.nan
+    gate = fit_gate(
+        torch.cat([a.features for a, _ in parts]),
+        torch.cat([a.present for a, _ in parts]),
+        torch.cat([lp for _, lp in parts]),
+        torch.cat([val.tensors["label"], *(tensors["label"] for tensors in val_corrupted)]),
+        np.nanmedian(clean_features, axis=0),
+    )
+    return dataclasses.replace(trust, gate=gate, method=method)
+
+
+COPIES = 4  # corrupted copies of val the gate is fitted on, beside the clean one
+
+
+def fit_served_trust(
+    model: MultimodalClassifier,
+    processed: Path,
+    raw_manifest: Path,
+    state: PreprocessState,
+    temperature: float,
+    params: EvaluateParams,
+) -> Trust:
+    """The trust the evaluate stage ships with the candidate: fitted on the processed train and
+    val splits, its gate also on val's raw media (from `raw_manifest`) corrupted by seen families."""
+    val = load_split(Path(processed), "val").with_any(list(range(len(MODALITIES))))
+    rows = split_rows(raw_manifest, val.sample_ids)
+    raw = RawSplit.load(rows, Path(raw_manifest).parent, val.tensors["mask"], state)
+    return fit_on_splits(
+        model,
+        load_split(Path(processed), "train"),
+        val,
+        [one_corrupted(raw, val.tensors, state, params.robustness, params.seed, copy) for copy in range(COPIES)],
+        temperature,
+        params.trust.false_alarm,
+        params.trust.method,
+        params.batch_size,
     )
 
 
-def set_aside_rates(
-    trust: Trust, emb: torch.Tensor, present: torch.Tensor, inputs: dict[str, torch.Tensor]
-) -> dict[str, float]:
-    """Share of the present inputs judged untrusted: overall (`false_setaside_rate` on clean data) and per modality."""
-    untrusted = present & ~trust.trusted(trust.scores(emb, present, inputs), present)
+def set_aside_rates(model: MultimodalClassifier, trust: Trust, encoded: Encoded) -> dict[str, float]:
+    """Share of the present inputs the trust's method sets aside: overall (`false_setaside_rate` on
+    clean data) and per modality."""
+    present = encoded.present
+    with torch.no_grad():
+        aux = model.fuse(encoded.embeddings, present)[1]
+    untrusted = present & ~trust.assess(encoded.embeddings, present, encoded.inputs, aux).used(trust.method)
     rates = {"all": float(untrusted.sum()) / max(int(present.sum()), 1)}
     for i, m in enumerate(trust.modalities):
         rates[m] = float(untrusted[:, i].sum()) / max(int(present[:, i].sum()), 1)

@@ -17,7 +17,7 @@ from mmfuse.errors import MediaError, MMFuseError
 from mmfuse.inference.log import input_statistics
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model, read_temperature
-from mmfuse.models.trust import TRUST, Trust, load_trust
+from mmfuse.models.trust import TRUST, Trust, load_trust, mixture, subset_log_probs
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
@@ -67,6 +67,7 @@ class Scores:
     embedding: torch.Tensor  # [M, D]: per-modality embeddings (absent ones: the learned missing embedding)
     trust: torch.Tensor  # [M]: each present modality's trust score (NaN where absent or without a trust model)
     trusted: torch.Tensor  # [M] bool: the present modalities the answer used (the others were set aside)
+    weight: torch.Tensor  # [M]: the chance each modality is reliable, as the answer weighed it (0: not used)
 
 
 class Contribution(BaseModel):
@@ -83,6 +84,9 @@ class TrustScore(BaseModel):
     score: float = Field(description="share of clean validation inputs more usual than this one (0 to 1)")
     threshold: float = Field(description="scores above it are set aside")
     trusted: bool
+    weight: float = Field(
+        description="how far the answer believed this modality: the chance it is reliable (1: in full, 0: set aside)"
+    )
 
 
 class Prediction(BaseModel):
@@ -166,21 +170,28 @@ class Predictor:
         return PreparedSample(tensors, used, ignored, _size(image), _size(audio), len(text) if text else None)
 
     def forward(self, samples: list[PreparedSample]) -> list[Scores]:
-        """One model call for a batch: calibrated probabilities, unimodal probabilities, embeddings."""
+        """One model call for a batch: calibrated probabilities under the trust's method (untrusted
+        modalities set aside, the rest weighed by reliability), unimodal probabilities, embeddings."""
         keys = (*self.modalities, "mask")
         batch = {key: torch.stack([s.tensors[key] for s in samples]) for key in keys}
         with torch.inference_mode():
             present = self.model.presence(batch)
             embedding = self.model.encode(batch, present)
             if self.trust is None:  # an artifact from before trust: every input is believed
-                scores, trusted = torch.full(present.shape, torch.nan, dtype=torch.float64), present
+                scores, trusted, weight = torch.full(present.shape, torch.nan, dtype=torch.float64), present, present
+                logits, aux = self.model.fuse(embedding, present)
+                probabilities = torch.softmax(logits / self.temperature, dim=1)
             else:
-                scores = self.trust.scores(embedding, present, batch)
-                trusted = self.trust.trusted(scores, present)
-            logits, aux = self.model.fuse(embedding, trusted)
-            probabilities = torch.softmax(logits / self.temperature, dim=1)
+                log_probs, aux = subset_log_probs(self.model, embedding, self.temperature)
+                assessment = self.trust.assess(embedding, present, batch, aux)
+                scores, trusted = assessment.scores, assessment.used(self.trust.method)
+                weight = assessment.weights(self.trust.method)
+                probabilities = mixture(log_probs, weight).exp().float()
             unimodal = torch.softmax(aux, dim=2)
-        return [Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i]) for i in range(len(samples))]
+        return [
+            Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i], weight[i].double())
+            for i in range(len(samples))
+        ]
 
     def explain(self, sample: PreparedSample, scores: Scores, request_id: str) -> Prediction:
         """The response for one sample: label, probabilities, and each used modality's contribution."""
@@ -205,11 +216,14 @@ class Predictor:
                     score=round(float(scores.trust[self.modalities.index(m)]), 6),
                     threshold=self.trust.threshold,
                     trusted=trusted[m],
+                    weight=round(float(scores.weight[self.modalities.index(m)]), 6),
                 )
                 for m in sample.used
             }
         notes = [
             f"{m} set aside: unlike training {m}, score {trust[m].score:.3f} > {trust[m].threshold:.2f}"
+            if trust[m].score > trust[m].threshold
+            else f"{m} set aside: weighed {trust[m].weight:.2f}, unlike training {m} (score {trust[m].score:.3f})"
             for m in set_aside
         ]
         return Prediction(

@@ -7,6 +7,8 @@ silently evaluating at other noise levels.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from mmfuse.params.base import Section
@@ -61,9 +63,11 @@ class RobustnessParams(Section):
 
 
 class TrustParams(Section):
-    """Per-modality trust (models/trust.py): the false-alarm rate its threshold is calibrated to on val."""
+    """Per-modality trust (models/trust.py): the false-alarm rate its threshold is calibrated to on
+    val, and how serving treats the inputs (METHODS in models/trust.py)."""
 
     false_alarm: float = Field(0.01, gt=0, lt=0.5)  # share of clean val modalities that would be set aside
+    method: Literal["fused", "set_aside", "weighted"] = "weighted"
 
 
 class EvaluateParams(Section):

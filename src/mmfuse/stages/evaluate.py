@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,13 +27,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmfuse.data.manifest import dataset_manifest
 from mmfuse.evaluation import complexity
 from mmfuse.evaluation.calibration import calibrate
-from mmfuse.evaluation.corruption import CORRUPTIONS, RawTestSet, corrupted_levels, split_rows
+from mmfuse.evaluation.corruption import CORRUPTIONS, RawSplit, corrupted_levels, split_rows
 from mmfuse.evaluation.metrics import classification_metrics, confusion_rows, speaker_results
 from mmfuse.evaluation.predict import (
     FUSED,
     REFERENCE,
-    ROBUST,
-    embeddings,
     late_fusion_logits,
     model_logits,
     scored_rows,
@@ -40,13 +39,13 @@ from mmfuse.evaluation.predict import (
 from mmfuse.evaluation.report import figures, metrics_summary, render_html, render_markdown
 from mmfuse.evaluation.robustness import corruption_regret, robustness_curves, robustness_rows
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.evaluation.trust import fit_on_splits, set_aside_rates
+from mmfuse.evaluation.trust import encoded, fit_served_trust, set_aside_rates
 from mmfuse.io import atomic_file, write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import WEIGHTS
 from mmfuse.models.data import load_split
 from mmfuse.models.determinism import deterministic
-from mmfuse.models.trust import save_trust
+from mmfuse.models.trust import GATE_FEATURES, METHODS, save_trust
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.preprocess.state import PreprocessState
@@ -134,7 +133,7 @@ def run(
     manifest_rows = split_rows(raw_manifest, test.sample_ids)
     state = PreprocessState.from_dict(config["preprocessing"])  # the artifact's preprocessing, as served
     console.print("evaluate: decoding the raw test media for the robustness curves")
-    raw = RawTestSet.load(manifest_rows, Path(raw_manifest).parent, mask, state)
+    raw = RawSplit.load(manifest_rows, Path(raw_manifest).parent, mask, state)
     levels = sum(len(c.levels(params.robustness)) for c in CORRUPTIONS)
     with (
         corrupted_levels(raw, state, params.robustness, params.seed, params.workers) as noisy_inputs,
@@ -170,13 +169,11 @@ def run(
             labels[fused_test].numpy(),
             params.ece_bins,
         )
-        fitted = fit_on_splits(
-            models[FUSED], load_split(processed_dir, "train"), val, params.trust.false_alarm, params.batch_size
+        progress.update(task, description="trust")
+        fitted = fit_served_trust(
+            models[FUSED], processed_dir, Path(raw_manifest), state, calibration["temperature"], params
         )
-        clean_present = models[FUSED].presence(tensors)
-        setaside = set_aside_rates(
-            fitted, embeddings(models[FUSED], tensors, clean_present, params.batch_size), clean_present, tensors
-        )
+        setaside = set_aside_rates(models[FUSED], fitted, encoded(models[FUSED], tensors, params.batch_size))
         progress.update(task, advance=1, description="robustness")
         curves = robustness_curves(
             models[FUSED],
@@ -188,8 +185,11 @@ def run(
             params.batch_size,
             lambda: progress.advance(task),
             fitted,
+            calibration["temperature"],
         )
-        regret = corruption_regret(curves)
+        methods = [m for m in next(iter(curves.values()))["accuracy"] if m in METHODS]
+        regret = {m: corruption_regret(curves, m) for m in methods}
+        served = regret[params.trust.method]
         speakers = (
             speaker_results(manifest_rows["speaker"].to_numpy(), labels, logits, rows)
             if "speaker" in manifest_rows
@@ -217,13 +217,22 @@ def run(
                 "ece_before": calibration["ece_before"],
                 "ece_after": calibration["ece_after"],
                 "temperature": calibration["temperature"],
-                "robust_accuracy": next(iter(curves.values()))["accuracy"][ROBUST][0],
+                "trust_method": params.trust.method,
+                "robust_accuracy": next(iter(curves.values()))["accuracy"][params.trust.method][0],
                 "false_setaside_rate": setaside["all"],
-                "corruption_regret_points": regret["all"],
-                "corruption_regret_seen_points": regret.get("seen"),
-                "corruption_regret_unseen_points": regret.get("unseen"),
+                "corruption_regret_points": served["all"],
+                "corruption_regret_seen_points": served.get("seen"),
+                "corruption_regret_unseen_points": served.get("unseen"),
             },
-            "trust": {"threshold": fitted.threshold, "false_setaside": setaside},
+            "trust": {
+                "threshold": fitted.threshold,
+                "false_setaside": setaside,
+                "gate": {
+                    m: {"bias": round(float(b), 6), "slope": dict(zip(GATE_FEATURES, np.round(k, 6).tolist()))}
+                    for m, b, k in zip(fitted.modalities, fitted.gate.bias, fitted.gate.slope)
+                },
+                "corruption_regret_points": regret,
+            },
             "subsets": subsets["subsets"],
             "models": per_model,
             "calibration": calibration,
