@@ -25,9 +25,8 @@ import torch
 from mmfuse.data.manifest import dataset_manifest
 from mmfuse.evaluation.calibration import fit_temperature
 from mmfuse.evaluation.predict import FUSED, accuracy, model_logits
-from mmfuse.evaluation.robustness import trust_methods
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.evaluation.trust import encoded, fit_served_trust
+from mmfuse.evaluation.trust import encoded, fit_served_trust, trust_methods
 from mmfuse.io import write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.data import load_split

@@ -91,6 +91,26 @@ def test_hard_preset_degrades_image_and_audio(sources, tmp_path):
     assert np.abs(hard_image - original).mean() > 20  # few components: far from the original
 
 
+def test_a_degraded_build_carries_the_undegraded_twin_of_every_sample(sources, tmp_path):
+    clean = build_avdigits(sources, tmp_path / "clean", DataParams(preset="clean"))
+    assert not clean["sample_id"].str.endswith("-clean").any()  # nothing to twin: already undegraded
+    hard = build_avdigits(sources, tmp_path / "hard", DataParams(preset="hard"))
+    twins = hard[hard["sample_id"].str.endswith("-clean")].set_index("sample_id")
+    originals = hard[~hard["sample_id"].str.endswith("-clean")].set_index("sample_id")
+    assert len(twins) == len(originals) == len(clean)
+    assert hard["split"].value_counts().to_dict() == {"train": 140, "val": 20, "test": 20, "test_clean": 20}
+    for sample_id, row in originals.iterrows():
+        twin = twins.loc[f"{sample_id}-clean"]
+        assert (twin.label, twin.text, twin["clip"]) == (row.label, row.text, row["clip"])
+        assert twin.split == ("test_clean" if row.split == "test" else row.split)
+    row = clean.iloc[0]  # the twin's media are the clean preset's, byte for byte
+    twin = twins.loc[f"{row.sample_id}-clean"]
+    assert (tmp_path / "hard" / twin.image).read_bytes() == (tmp_path / "clean" / row.image).read_bytes()
+    assert (tmp_path / "hard" / twin.audio).read_bytes() == (tmp_path / "clean" / row.audio).read_bytes()
+    alone = build_avdigits(sources, tmp_path / "alone", DataParams(preset="hard", clean_twin=False))
+    assert alone["sample_id"].tolist() == originals.index.tolist()
+
+
 def test_text_noise_follows_the_model():
     noise = TextNoise()
     words = {w for table in DIGIT_WORDS.values() for w in table}

@@ -40,9 +40,10 @@ VARYING = ("reports/index.html", "reports/complexity.json")
 
 @pytest.fixture(scope="module")
 def project(dataset_factory, tiny_params: TrainParams, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A raw dataset with two speakers and some samples without text, preprocessed, with all 7 models trained."""
+    """A raw dataset with two speakers, some samples without text and a clean-input test set, preprocessed,
+    with all 7 models trained."""
     root = tmp_path_factory.mktemp("evaluate")
-    manifest = dataset_factory(root / "raw", {"train": 12, "val": 4, "test": 6}, classes=4)
+    manifest = dataset_factory(root / "raw", {"train": 12, "val": 4, "test": 6, "test_clean": 3}, classes=4)
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     take = frame["sample_id"].str.rsplit("-", n=1).str[-1].astype(int)
     frame["speaker"] = np.where(take % 2 == 0, "ann", "ben")
@@ -133,6 +134,17 @@ def test_metrics_cover_models_subsets_robustness_speakers_and_calibration(runs) 
     calibration = json.loads((first / "models/calibration.json").read_text())
     assert set(calibration) == {"temperature", "ece_before", "ece_after", "weights_sha256"}
     assert calibration["temperature"] > 0 and calibration["ece_after"] == metrics["ece_after"]
+
+
+def test_clean_inputs_are_reported_apart_from_the_headline(runs) -> None:
+    first, _, metrics = runs
+    clean = metrics["clean_input"]
+    assert clean["count"] == 12 and len(clean["subsets"]) == 7  # 3 per class; the headline keeps its 24
+    assert metrics["clean_input_fused_accuracy"] == clean["fused_accuracy"]
+    assert set(clean["served"]["accuracy"]) == {"set_aside", "weighted"}
+    assert metrics["clean_input_robust_accuracy"] == clean["served"]["accuracy"][PARAMS.trust.method]
+    assert 0.0 <= clean["served"]["set_aside"]["all"] <= 1.0
+    assert "clean-input fused %" in (first / "reports/summary.md").read_text()
 
 
 def test_plot_files_have_the_dvc_layouts(runs) -> None:

@@ -253,6 +253,17 @@ def _headline(results: dict[str, Any]) -> list[tuple[str, Any]]:
         ("late-fusion reference %", h["late_fusion_accuracy"]),
         ("ECE before / after", f"{h['ece_before']:.4f} / {h['ece_after']:.4f}"),
         ("temperature", h["temperature"]),
+        (f"served ({h['trust_method']}) %", h["robust_accuracy"]),
+        ("corruption regret (points)", h["corruption_regret_points"]),
+        ("clean inputs set aside", h["false_setaside_rate"]),
+        *(
+            [
+                ("clean-input fused %", h["clean_input_fused_accuracy"]),
+                ("clean-input served %", h["clean_input_robust_accuracy"]),
+            ]
+            if "clean_input_fused_accuracy" in h
+            else []
+        ),
     ]
 
 
@@ -355,4 +366,5 @@ def metrics_summary(results: dict[str, Any]) -> dict[str, Any]:
         },
         "complexity": results["parameters"],
         "trust": results["trust"],
+        **({"clean_input": results["clean_input"]} if results.get("clean_input") else {}),
     }

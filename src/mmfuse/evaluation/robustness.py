@@ -34,8 +34,9 @@ from mmfuse.evaluation.predict import (
     model_logits,
     scored_rows,
 )
+from mmfuse.evaluation.trust import trust_methods
 from mmfuse.models.classifier import MultimodalClassifier
-from mmfuse.models.trust import METHODS, Trust, mixture, subset_log_probs
+from mmfuse.models.trust import Trust
 from mmfuse.params.evaluate import RobustnessParams
 
 
@@ -135,22 +136,6 @@ def robustness_curves(
             "summary": summary,
         }
     return results
-
-
-def trust_methods(
-    model: MultimodalClassifier,
-    trust: Trust,
-    emb: torch.Tensor,
-    present: torch.Tensor,
-    inputs: dict[str, torch.Tensor],
-    temperature: float,
-) -> dict[str, torch.Tensor]:
-    """Calibrated log-probabilities [N, C] of the fused model under each trust method but trusting
-    all (set_aside; weighted, when the trust has a gate): what the service would answer under each."""
-    log_probs, aux = subset_log_probs(model, emb, temperature)
-    assessment = trust.assess(emb, present, inputs, aux)
-    names = [name for name in METHODS if name != FUSED and (name != "weighted" or trust.gate is not None)]
-    return {name: mixture(log_probs, assessment.weights(name)) for name in names}
 
 
 def corruption_regret(curves: dict[str, Any], method: str) -> dict[str, float]:

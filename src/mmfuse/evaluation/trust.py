@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmfuse.evaluation.corruption import RawSplit, one_corrupted, split_rows
-from mmfuse.evaluation.predict import embeddings
+from mmfuse.evaluation.predict import FUSED, accuracy, embeddings
 from mmfuse.modality import MODALITIES
 from mmfuse.models.classifier import MultimodalClassifier
 from mmfuse.models.data import Split, load_split
-from mmfuse.models.trust import Encoded, Trust, fit_gate, fit_trust, subset_log_probs
+from mmfuse.models.trust import METHODS, Encoded, Trust, fit_gate, fit_trust, mixture, subset_log_probs
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.preprocess.state import PreprocessState
 
@@ -106,3 +107,33 @@ def set_aside_rates(model: MultimodalClassifier, trust: Trust, encoded: Encoded)
     for i, m in enumerate(trust.modalities):
         rates[m] = float(untrusted[:, i].sum()) / max(int(present[:, i].sum()), 1)
     return {key: round(value, 6) for key, value in rates.items()}
+
+
+def trust_methods(
+    model: MultimodalClassifier,
+    trust: Trust,
+    emb: torch.Tensor,
+    present: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
+    temperature: float,
+) -> dict[str, torch.Tensor]:
+    """Calibrated log-probabilities [N, C] of the fused model under each trust method but trusting
+    all (set_aside; weighted, when the trust has a gate): what the service would answer under each."""
+    log_probs, aux = subset_log_probs(model, emb, temperature)
+    assessment = trust.assess(emb, present, inputs, aux)
+    names = [name for name in METHODS if name != FUSED and (name != "weighted" or trust.gate is not None)]
+    return {name: mixture(log_probs, assessment.weights(name)) for name in names}
+
+
+def served_results(
+    model: MultimodalClassifier, trust: Trust, split: Split, temperature: float, batch_size: int
+) -> dict[str, Any]:
+    """On a split: the accuracy under each trust method but trusting all, and the share of inputs
+    the served method sets aside (on clean inputs, every one is a false alarm)."""
+    e = encoded(model, split.tensors, batch_size)
+    rows = e.present.any(dim=1)
+    answers = trust_methods(model, trust, e.embeddings, e.present, e.inputs, temperature)
+    return {
+        "accuracy": {name: accuracy(log_probs, split.tensors["label"], rows) for name, log_probs in answers.items()},
+        "set_aside": set_aside_rates(model, trust, e),
+    }

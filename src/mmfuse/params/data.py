@@ -41,6 +41,9 @@ class DataParams(Section):
     val_fraction: float = Field(0.10, gt=0, lt=1)
     test_fraction: float = Field(0.20, gt=0, lt=1)
     text_noise: TextNoise = TextNoise()
+    # avdigits with a degrading preset: also ingest every sample's undegraded twin, so the
+    # model learns clean inputs too (train, val) and is tested on them apart (test_clean)
+    clean_twin: bool = True
     presets: dict[str, Degradation] = {
         "clean": Degradation(),
         "hard": Degradation(image_pca_energy=0.25, audio_snr_db=-9.0),

@@ -24,7 +24,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.numpy import save_file
 
-from mmfuse.data.manifest import SPLITS, read_manifest, resolve_media, unsafe_path_reason
+from mmfuse.data.manifest import REQUIRED_SPLITS, SPLITS, read_manifest, resolve_media, unsafe_path_reason
 from mmfuse.errors import ManifestError, MediaError, MMFuseError
 from mmfuse.io import atomic_dir, write_json
 from mmfuse.modality import AUDIO, IMAGE, MODALITIES, TEXT
@@ -254,6 +254,8 @@ def build_processed(manifest_path: Path, out_dir: Path, params: PreprocessParams
     with atomic_dir(Path(out_dir)) as staging:
         for split in SPLITS:
             rows = np.flatnonzero(dedup.keep & (split_of == split))
+            if split not in REQUIRED_SPLITS and not len(rows):
+                continue  # an optional split the dataset does not have: no file
             counts[split] = len(rows)
             ids = json.dumps([sample_ids[i] for i in rows])
             save_file(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mmfuse.data.manifest import REQUIRED_SPLITS, SPLITS
 from mmfuse.params.preprocess import DedupParams
 
 RULES = (
@@ -221,7 +222,11 @@ def find_duplicates(fp: Fingerprints, params: DedupParams) -> DedupResult:
                 "train_leakage_removed": len(leaks),
                 "train_duplicates_removed": len(duplicates),
                 "val_test_shared": len(shared_eval),
-                "kept": {split: int(np.sum(keep & (splits == split))) for split in ("train", "val", "test")},
+                "kept": {
+                    split: int(np.sum(keep & (splits == split)))
+                    for split in SPLITS
+                    if split in REQUIRED_SPLITS or (splits == split).any()
+                },
             },
             "removed": sorted(removed, key=lambda entry: entry["sample_id"]),
             "warnings": _entries(fp, shared_eval, "shares content with test (not removed)"),

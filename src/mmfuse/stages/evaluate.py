@@ -39,19 +39,21 @@ from mmfuse.evaluation.predict import (
 from mmfuse.evaluation.report import figures, metrics_summary, render_html, render_markdown
 from mmfuse.evaluation.robustness import corruption_regret, robustness_curves, robustness_rows
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
-from mmfuse.evaluation.trust import encoded, fit_served_trust, set_aside_rates
+from mmfuse.evaluation.trust import encoded, fit_served_trust, served_results, set_aside_rates
 from mmfuse.io import atomic_file, write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import WEIGHTS
-from mmfuse.models.data import load_split
+from mmfuse.models.classifier import MultimodalClassifier
+from mmfuse.models.data import load_split, split_path
 from mmfuse.models.determinism import deterministic
-from mmfuse.models.trust import GATE_FEATURES, METHODS, save_trust
+from mmfuse.models.trust import GATE_FEATURES, METHODS, Trust, save_trust
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.preprocess.state import PreprocessState
 from mmfuse.stages import console, stage_cli
 
 SPLIT = "test"
+CLEAN_SPLIT = "test_clean"
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -99,6 +101,25 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=Console(stderr=True),
     )
+
+
+def _clean_input(
+    processed: Path, models: dict[str, MultimodalClassifier], trust: Trust, temperature: float, batch_size: int
+) -> dict[str, Any]:
+    """Every figure on the undegraded twins of the test samples (the optional `test_clean` split):
+    {fused_accuracy, subsets, served: {accuracy per trust method, set_aside}}, or {} without them."""
+    if not split_path(processed, CLEAN_SPLIT).exists():
+        return {}
+    split = load_split(processed, CLEAN_SPLIT)
+    if not split.sample_ids:
+        return {}
+    subsets = evaluate_subsets(models, split)
+    return {
+        "count": len(split.sample_ids),
+        "fused_accuracy": subsets["fused_accuracy"],
+        "subsets": subsets["subsets"],
+        "served": served_results(models[FUSED], trust, split, temperature, batch_size),
+    }
 
 
 def run(
@@ -190,6 +211,7 @@ def run(
         methods = [m for m in next(iter(curves.values()))["accuracy"] if m in METHODS]
         regret = {m: corruption_regret(curves, m) for m in methods}
         served = regret[params.trust.method]
+        clean_input = _clean_input(processed_dir, models, fitted, calibration["temperature"], params.batch_size)
         speakers = (
             speaker_results(manifest_rows["speaker"].to_numpy(), labels, logits, rows)
             if "speaker" in manifest_rows
@@ -223,7 +245,16 @@ def run(
                 "corruption_regret_points": served["all"],
                 "corruption_regret_seen_points": served.get("seen"),
                 "corruption_regret_unseen_points": served.get("unseen"),
+                **(
+                    {
+                        "clean_input_fused_accuracy": clean_input["fused_accuracy"],
+                        "clean_input_robust_accuracy": clean_input["served"]["accuracy"][params.trust.method],
+                    }
+                    if clean_input
+                    else {}
+                ),
             },
+            "clean_input": clean_input,
             "trust": {
                 "threshold": fitted.threshold,
                 "false_setaside": setaside,

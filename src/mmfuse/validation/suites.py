@@ -19,7 +19,7 @@ import great_expectations as gx
 import pandas as pd
 from great_expectations.expectations import Expectation
 
-from mmfuse.data.manifest import REQUIRED_COLUMNS, SPLITS, row_flags, unsafe_path_reason
+from mmfuse.data.manifest import REQUIRED_COLUMNS, REQUIRED_SPLITS, SPLITS, row_flags, unsafe_path_reason
 from mmfuse.modality import MODALITIES
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
@@ -157,7 +157,7 @@ def build_checks(params: ValidateParams, contract: PreprocessParams, train_label
                 "manifest",
                 in_set,
                 CRITICAL,
-                "Rows outside train/val/test are never used.",
+                f"Rows outside {'/'.join(SPLITS)} are never used.",
                 column="split",
                 value_set=list(SPLITS),
             ),
@@ -193,7 +193,7 @@ def build_checks(params: ValidateParams, contract: PreprocessParams, train_label
                 CRITICAL,
                 f"A model is trained, selected and tested per modality: train, val and test each need rows with {modality}.",  # noqa: E501
                 column=f"{modality}_split",
-                value_set=list(SPLITS),
+                value_set=list(REQUIRED_SPLITS),
             )
             for modality in MODALITIES
         ]
