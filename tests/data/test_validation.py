@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from payloads import bomb_png, truncated_wav
 from PIL import Image
 
 from mmfuse.data.manifest import REQUIRED_COLUMNS, read_manifest
@@ -142,6 +143,17 @@ def test_truncated_png_fails_naming_the_sample(dataset):
     assert "media/image_decodable" in message and "s4 (row 5)" in message
 
 
+def test_a_decompression_bomb_and_a_cut_short_wav_fail_as_they_do_in_serving(dataset):
+    (dataset.root / "images" / "1.png").write_bytes(bomb_png())
+    (dataset.root / "audio" / "3.wav").write_bytes(truncated_wav())
+    message, summary = dataset.fail()
+    assert failed_names(summary) == {"image_decodable", "audio_decodable"}
+    [image] = entry(summary, "image_decodable")["examples"]
+    assert image["sample_id"] == "s1" and "decompression bomb" in image["value"]
+    [audio] = entry(summary, "audio_decodable")["examples"]
+    assert audio["sample_id"] == "s3" and "truncated" in audio["value"]
+
+
 def test_missing_file_is_reported_as_missing(dataset):
     (dataset.root / "images" / "1.png").unlink()
     message, summary = dataset.fail()
@@ -178,6 +190,14 @@ def test_row_without_any_modality_fails(dataset):
     assert entry(summary, "has_modality")["examples"][0]["sample_id"] == "s5"
     assert summary["modalities"] == {"image": 5, "audio": 5, "text": 5}
     assert "manifest/has_modality" in message and "s5 (row 6)" in message
+
+
+def test_a_text_of_only_whitespace_is_no_text(dataset):
+    dataset.row("s5").update(image="", audio="", text=" \t ")
+    _, summary = dataset.fail()
+    assert "has_modality" in failed_names(summary)
+    assert entry(summary, "has_modality")["examples"][0]["sample_id"] == "s5"
+    assert summary["modalities"]["text"] == 5
 
 
 def test_a_modality_missing_from_a_split_fails_naming_it(dataset):

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from payloads import bomb_png, truncated_wav
 from starlette.testclient import TestClient
 from test_service_support import LABELS, TEMPERATURE, build_artifact, png, promoted_champion, running, tiny_state, wav
 
@@ -151,6 +152,10 @@ BAD_PREDICTS: dict[str, tuple[dict[str, Any], int, tuple[Any, ...]]] = {
     "empty image file": ({"files": {"image": ("x.png", b"", "image/png")}}, 422, ("image",)),
     "audio over the length limit": ({"files": {"audio": ("x.wav", long_wav(), "audio/wav")}}, 422, ("audio",)),
     "image over the size limit": ({"files": {"image": ("x.png", big_png(), "image/png")}}, 422, ("image",)),
+    "a decompression bomb": ({"files": {"image": ("x.png", bomb_png(), "image/png")}}, 422, ("image",)),
+    "truncated audio": ({"files": {"audio": ("x.wav", truncated_wav(), "audio/wav")}}, 422, ("audio",)),
+    "audio of one sample": ({"files": {"audio": ("x.wav", wav(seconds=1 / 8000), "audio/wav")}}, 422, ("audio",)),
+    "a text of only whitespace": ({"data": {"text": " \t\n "}}, 400, ("body",)),
     "text over the length limit": ({"data": {"text": "x" * 101}}, 422, ("text",)),
     "text over the field size limit": ({"data": {"text": "x" * 70_000}}, 400, ("text",)),
     "image as a plain field": ({"data": {"image": "not a file", "text": "one"}}, 400, ("image",)),
@@ -203,6 +208,9 @@ BAD_BATCHES: dict[str, tuple[Any, int, tuple[Any, ...]]] = {
     "text not a string": ({"samples": [{"text": 5}]}, 400, ("samples", 0, "text")),
     "image not base64": ({"samples": [{"image": "%%%"}]}, 400, ("samples", 0, "image")),
     "a sample with no modality": ({"samples": [{"text": "one"}, {}]}, 400, ("samples", 1, "body")),
+    "a sample of only whitespace text": ({"samples": [{"text": "   "}]}, 400, ("samples", 0, "body")),
+    "a decompression bomb": ({"samples": [{"image": b64(bomb_png())}]}, 422, ("samples", 0, "image")),
+    "truncated audio": ({"samples": [{"audio": b64(truncated_wav())}]}, 422, ("samples", 0, "audio")),
     "an undecodable image": ({"samples": [{"text": "one"}, {"image": b64(b"nope")}]}, 422, ("samples", 1, "image")),
     "audio over the length limit": ({"samples": [{"audio": b64(long_wav())}]}, 422, ("samples", 0, "audio")),
     "not JSON": (b"{samples", 400, ("body",)),

@@ -73,10 +73,23 @@ def resolve_media(dataset_root: Path, rel: str) -> Path:
     return resolved
 
 
+def text_given(text: str | bytes | None) -> bool:
+    """Whether a text counts as given: one of only whitespace is no text (it would normalise to
+    nothing), in a manifest, in preprocessing and in a request alike."""
+    return bool(text) and not text.isspace()
+
+
+def given(frame: pd.DataFrame) -> pd.DataFrame:
+    """[rows x MODALITIES] bool: the modalities each manifest row carries (a path, or a `text_given` text)."""
+    out = frame[list(MODALITIES)].ne("")
+    out["text"] = frame["text"].map(text_given)
+    return out
+
+
 def row_flags(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-row booleans the validate stage turns into expectations."""
     flags = pd.DataFrame(index=frame.index)
-    flags["has_modality"] = (frame[list(MODALITIES)] != "").any(axis=1)
+    flags["has_modality"] = given(frame).any(axis=1)
     flags["image_path_safe"] = frame["image"].map(lambda p: unsafe_path_reason(p) is None)
     flags["audio_path_safe"] = frame["audio"].map(lambda p: unsafe_path_reason(p) is None)
     return flags

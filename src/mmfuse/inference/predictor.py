@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 
+from mmfuse.data.manifest import text_given
 from mmfuse.errors import MediaError, MMFuseError
 from mmfuse.inference.log import input_statistics
 from mmfuse.modality import MODALITIES
@@ -149,7 +150,7 @@ class Predictor:
     def prepare(self, sample: RawSample) -> PreparedSample:
         """Validate and preprocess one sample; raises InputProblem naming the field."""
         values = {"image": sample.image, "audio": sample.audio, "text": sample.text}
-        given = tuple(m for m in MODALITIES if (bool(values[m]) if m == "text" else values[m] is not None))
+        given = tuple(m for m in MODALITIES if (text_given(values[m]) if m == "text" else values[m] is not None))
         if not given:
             raise InputProblem("body", "no modality given: send at least one of image, audio, text.", "missing")
         used = tuple(m for m in given if m in self.modalities)

@@ -17,6 +17,7 @@ import scipy.fft
 import soundfile as sf
 from scipy import ndimage, sparse
 
+from mmfuse.data.wav import truncation
 from mmfuse.errors import ConfigError, MediaError
 from mmfuse.params.preprocess import AudioParams
 from mmfuse.preprocess.payload import read_payload
@@ -31,6 +32,9 @@ def decode_audio(source: bytes | Path, params: AudioParams) -> tuple[np.ndarray,
     The length is checked from the header before the samples are read.
     """
     data = read_payload(source, "audio", params.max_bytes)
+    cut = truncation(data)
+    if cut:
+        raise MediaError(cut, modality="audio")
     try:
         with sf.SoundFile(io.BytesIO(data)) as handle:
             rate, frames = handle.samplerate, handle.frames

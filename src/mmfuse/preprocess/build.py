@@ -24,7 +24,15 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.numpy import save_file
 
-from mmfuse.data.manifest import REQUIRED_SPLITS, SPLITS, read_manifest, resolve_media, unsafe_path_reason
+from mmfuse.data.manifest import (
+    REQUIRED_SPLITS,
+    SPLITS,
+    given,
+    read_manifest,
+    resolve_media,
+    text_given,
+    unsafe_path_reason,
+)
 from mmfuse.errors import ManifestError, MediaError, MMFuseError
 from mmfuse.io import atomic_dir, write_json
 from mmfuse.modality import AUDIO, IMAGE, MODALITIES, TEXT
@@ -98,7 +106,7 @@ def analyse_records(records: list[Record], root: Path, params: PreprocessParams)
                 out["audio_sha"][k] = f"{rate}:{content_hash(wave)}"
                 out["audio_signature"][k] = signature(mel, params.dedup.grid)
                 out["present"][k, 1] = True
-            if text:
+            if text_given(text):
                 out["text_norm"][k] = clean_text(text, params.text)
                 out["present"][k, 2] = True
         except MMFuseError as exc:  # MediaError, or ManifestError for a path leaving the root
@@ -129,7 +137,7 @@ def _ordered_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Record]]:
     duplicated = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
     if duplicated:
         raise ManifestError(f"sample_id must be unique; repeated: {duplicated[:_MAX_LISTED_ERRORS]}.")
-    empty = frame["sample_id"][(frame[["image", "audio", "text"]] == "").all(axis=1)].tolist()
+    empty = frame["sample_id"][~given(frame).any(axis=1)].tolist()
     if empty:
         raise ManifestError(f"records without any modality: {empty[:_MAX_LISTED_ERRORS]}.")
     frame = frame.assign(_order=frame["split"].map(SPLITS.index)).sort_values(["_order", "sample_id"], kind="stable")

@@ -31,6 +31,10 @@ def decode_image(source: bytes | Path, params: ImageParams) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise MediaError("the bytes are not a decodable PNG or JPEG image.", modality="image") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses before allocating: name our limit
+        raise MediaError(
+            f"the image declares too many pixels ({exc}); each side must be <= {params.max_side}.", modality="image"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise MediaError(f"the image header is truncated or corrupt ({exc}).", modality="image") from exc
     if img.format not in ACCEPTED_FORMATS:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mmfuse.data.manifest import text_given
 from mmfuse.preprocess.audio import audio_features
 from mmfuse.preprocess.image import image_features
 from mmfuse.preprocess.state import PreprocessState
@@ -36,12 +37,13 @@ def preprocess_sample(
         "audio": torch.zeros(shapes["audio"], dtype=torch.float32),
         "text": torch.zeros(shapes["text"], dtype=torch.int64),
     }
-    mask = [image is not None, audio is not None, bool(text)]
+    text = text if text_given(text) else None
+    mask = [image is not None, audio is not None, text is not None]
     if image is not None:
         out["image"] = torch.from_numpy(state.normalise_image(image_features(image, params.image))[None])
     if audio is not None:
         out["audio"] = torch.from_numpy(state.normalise_audio(audio_features(audio, params.audio)))
-    if text:
+    if text is not None:
         out["text"] = torch.from_numpy(state.encode_text(clean_text(text, params.text)))
     out["mask"] = torch.tensor(mask, dtype=torch.bool)
     return out

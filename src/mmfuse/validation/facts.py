@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mmfuse.data.manifest import resolve_media, unsafe_path_reason
+from mmfuse.data.wav import truncation
 from mmfuse.errors import ManifestError
 
 WORKERS = 2
@@ -123,6 +124,10 @@ def audio_facts(path: str, silence_dbfs: float) -> dict[str, Any]:
     if isinstance(data, dict):
         return data
     facts: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
+    cut = truncation(data)  # libsndfile would read the part that arrived without a word
+    if cut:
+        facts.update(decodable=False, error=cut)
+        return facts
     try:
         with sf.SoundFile(io.BytesIO(data)) as sound:
             sample_rate, channels, subtype = sound.samplerate, sound.channels, sound.subtype

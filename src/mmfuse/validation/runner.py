@@ -23,10 +23,9 @@ from great_expectations.data_context.types.base import (
 )
 from rich.console import Console
 
-from mmfuse.data.manifest import read_manifest
+from mmfuse.data.manifest import given, read_manifest
 from mmfuse.errors import ValidationFailed
 from mmfuse.io import atomic_dir, write_json
-from mmfuse.modality import MODALITIES
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
 from mmfuse.validation.facts import collect_facts
@@ -148,7 +147,7 @@ def _summary(manifest: pd.DataFrame, entries: list[dict[str, Any]], docs_index: 
     return {
         "rows": len(manifest),
         "rows_per_split": {str(k): int(v) for k, v in manifest["split"].value_counts().items()},
-        "modalities": {m: int(manifest[m].ne("").sum()) for m in MODALITIES},
+        "modalities": {m: int(count) for m, count in given(manifest).sum().items()},
         "success": critical == 0,
         "critical_failures": critical,
         "warnings": sum(1 for e in entries if not e["critical"] and not e["success"]),

@@ -19,7 +19,7 @@ import great_expectations as gx
 import pandas as pd
 from great_expectations.expectations import Expectation
 
-from mmfuse.data.manifest import REQUIRED_COLUMNS, REQUIRED_SPLITS, SPLITS, row_flags, unsafe_path_reason
+from mmfuse.data.manifest import REQUIRED_COLUMNS, REQUIRED_SPLITS, SPLITS, given, row_flags, unsafe_path_reason
 from mmfuse.modality import MODALITIES
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
@@ -92,8 +92,9 @@ def validation_table(manifest: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFram
     table = table.join(row_flags(manifest)).join(facts)
     evaluated = table["split"].isin([s for s in SPLITS if s != "train"]) & table["label"].ne("")
     table["eval_label"] = table["label"].where(evaluated, None)
+    carried = given(manifest)
     for modality in MODALITIES:  # the split of each row carrying the modality (None where absent)
-        table[f"{modality}_split"] = table["split"].where(table[modality].ne(""), None)
+        table[f"{modality}_split"] = table["split"].where(carried[modality], None)
     for kind in ("image", "audio"):
         table[f"{kind}_path_problem"] = table[kind].map(_path_problem)
         table[f"{kind}_crosses_split"], table[f"{kind}_leak"] = _leak_details(table, kind)
