@@ -31,7 +31,7 @@ from mmfuse.io import write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.data import load_split
 from mmfuse.models.determinism import deterministic
-from mmfuse.models.trust import METHODS
+from mmfuse.models.trust import METHODS, subset_log_probs
 from mmfuse.params import load_params
 from mmfuse.preprocess.build import build_processed
 from mmfuse.preprocess.state import PreprocessState
@@ -58,16 +58,21 @@ def held_out(speaker: str, work: Path, sources: Path) -> dict[str, Any]:
     models, config = load_models(work / "models")
     splits = {name: load_split(work / "processed", name) for name in ("train", "val", "test")}
     evaluation = params.evaluate
-    with deterministic(evaluation.threads), torch.inference_mode():
-        subsets = evaluate_subsets(models, splits["test"])
-        val = splits["val"].tensors
-        temperature = fit_temperature(model_logits(models[FUSED], val, 500).double().numpy(), val["label"].numpy())
+    with deterministic(evaluation.threads):
+        with torch.inference_mode():
+            subsets = evaluate_subsets(models, splits["test"])
+            val = splits["val"].tensors
+            logits = model_logits(models[FUSED], val, 500)
+        temperature = fit_temperature(logits.double().numpy(), val["label"].numpy())
         state = PreprocessState.from_dict(config["preprocessing"])
         manifest = dataset_manifest(data, work / "raw")
+        # outside inference mode: fitting the gate needs autograd
         trust = fit_served_trust(models[FUSED], work / "processed", manifest, state, temperature, evaluation)
-        test = encoded(models[FUSED], splits["test"].tensors, 500)
-        answers = trust_methods(models[FUSED], trust, test.embeddings, test.present, test.inputs, temperature)
-        trusted = trust.assess(test.embeddings, test.present, test.inputs).trusted
+        with torch.inference_mode():
+            test = encoded(models[FUSED], splits["test"].tensors, 500)
+            answers = trust_methods(models[FUSED], trust, test.embeddings, test.present, test.inputs, temperature)
+            aux = subset_log_probs(models[FUSED], test.embeddings, temperature)[1]
+            trusted = trust.assess(test.embeddings, test.present, test.inputs, aux).used(trust.method)
     rows = test.present.any(dim=1)
     labels = splits["test"].tensors["label"]
     singles = {m: subsets["subsets"][m]["dedicated"] for m in MODALITIES}

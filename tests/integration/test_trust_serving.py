@@ -15,9 +15,12 @@ from mmfuse.models.artifact import load_model
 from mmfuse.models.trust import TRUST, Gate, ModalityTrust, Trust, load_trust, save_trust
 
 
-def _trust(artifact: Path, unusual: set[str], reliability: dict[str, float] | None = None) -> Trust:
+def _trust(
+    artifact: Path, unusual: set[str], reliability: dict[str, float] | None = None, far: set[str] = frozenset()
+) -> Trust:
     """A trust under which every input of the `unusual` modalities scores 1 (more unusual than all of val);
-    with `reliability`, served `weighted`, each modality weighed by that constant chance (slope 0)."""
+    with `reliability`, served `weighted`: each modality weighed by that constant chance (slope 0), except
+    the `far` ones, whose gate reads every input as far beyond training (weight about 0)."""
     model, _ = load_model(artifact)
     classes, dim = model.spec.n_classes, model.spec.arch.embed_dim
 
@@ -28,9 +31,11 @@ def _trust(artifact: Path, unusual: set[str], reliability: dict[str, float] | No
     per_modality = {m: fitted(m) for m in model.spec.modalities}
     if reliability is None:
         return Trust(model.spec.modalities, per_modality, 0.99)
-    chance = np.array([reliability.get(m, 1.0 - 1e-12) for m in model.spec.modalities])
-    gate = Gate(np.zeros((len(chance), 2)), np.log(chance / (1 - chance)), np.zeros((len(chance), 2)))
-    return Trust(model.spec.modalities, per_modality, 0.99, gate, "weighted")
+    modalities = model.spec.modalities
+    chance = np.array([reliability.get(m, 1.0 - 1e-12) for m in modalities])
+    centre = np.array([[-1e3 if m in far else 0.0, 0.0] for m in modalities])
+    slope = np.array([[1.0 if m in far else 0.0, 0.0] for m in modalities])
+    return Trust(modalities, per_modality, 0.99, Gate(centre, np.log(chance / (1 - chance)), slope), "weighted")
 
 
 @pytest.fixture
@@ -68,13 +73,12 @@ def test_a_weighed_modality_pulls_the_answer_only_as_far_as_it_is_believed(artif
     expected = 0.3 * everything.probabilities.double() + 0.7 * without.probabilities.double()
     assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
     assert float(scores.probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
-    assert answer.modalities_set_aside == ["image"]  # believed less likely reliable than not: reported as set aside
-    assert answer.notes == ["image set aside: weighed 0.30, unlike training image (score 0.000)"]
-    save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.8}))
+    assert answer.modalities_set_aside == []  # weak, but as weak as a typical image: used, not set aside
+    save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}, far={"image"}))
     scores, answer = _answer(Predictor(artifact, "test"), sample)
-    assert answer.modalities_set_aside == [] and answer.modalities_used == ["image", "audio", "text"]
-    expected = 0.8 * everything.probabilities.double() + 0.2 * without.probabilities.double()
-    assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
+    assert answer.modalities_set_aside == ["image"] and answer.trust["image"].weight == pytest.approx(0.0)
+    assert answer.notes == ["image set aside: weighed 0.00, unlike training image (score 0.000)"]
+    assert torch.allclose(scores.probabilities, without.probabilities, atol=1e-5)
 
 
 def test_when_every_input_is_untrusted_the_most_usual_one_answers(artifact: Path) -> None:

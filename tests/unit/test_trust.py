@@ -94,6 +94,9 @@ def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sen
     features = gate_features(distances, torch.zeros(n, 3, classes))  # the energy says nothing here: all heads flat
     gate = fit_gate(features, trusted, log_probs, labels, np.zeros((3, 2)))
     assert gate.slope[0, 0] > 1.0  # the image is doubted the further it lies
+    with torch.inference_mode():  # callers evaluate in inference mode: the fit still has its gradients
+        again = fit_gate(features, trusted, log_probs, labels, np.zeros((3, 2)))
+    assert np.array_equal(again.slope, gate.slope) and np.array_equal(again.bias, gate.bias)
     reliability = gate.reliability(features)
     assert float(reliability[broken, 0].max()) < 0.2 < 0.8 < float(reliability[~broken, 0].median())
     mixed = mixture(log_probs, torch.where(trusted, reliability, 0.0)).argmax(dim=1)

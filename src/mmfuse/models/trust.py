@@ -152,14 +152,15 @@ class Gate:
 @dataclass(frozen=True)
 class Assessment:
     """What the trust made of a batch: scores [B, M] (NaN where absent), which present
-    modalities are trusted [B, M], their `gate_features` [B, M, F] and each one's reliability
-    [B, M] (1 without a gate)."""
+    modalities are trusted [B, M], their `gate_features` [B, M, F], each one's reliability
+    [B, M] and the reliability of a typical clean input of each modality [M] (1 without a gate)."""
 
     present: torch.Tensor
     scores: torch.Tensor
     trusted: torch.Tensor
     features: torch.Tensor
     reliability: torch.Tensor
+    typical: torch.Tensor
 
     def weights(self, method: str) -> torch.Tensor:
         """[B, M] float64: the chance each modality is reliable under `method` (0 = not used).
@@ -178,9 +179,12 @@ class Assessment:
 
     def used(self, method: str) -> torch.Tensor:
         """[B, M] bool: the modalities `method` counts as used, the others as set aside (reported,
-        logged, monitored): under `weighted`, those it believes at least as likely reliable as not."""
+        logged, monitored). Under `weighted`, set aside means believed less than half as much as a
+        typical clean input of its modality: how much a modality is believed at all depends on
+        what the others know (on the clean preset, text next to near-perfect image and audio
+        sits at about 0.2), and a sensor that is merely weak is not failing."""
         if method == "weighted":
-            return self.present & (self.reliability >= 0.5)
+            return self.present & (self.reliability >= 0.5 * self.typical)
         return self.weights(method) > 0
 
 
@@ -226,9 +230,11 @@ class Trust:
         scores = self.scores(distances)
         features = gate_features(distances, aux)
         reliability = torch.ones(present.shape, dtype=torch.float64)
+        typical = torch.ones(present.shape[1], dtype=torch.float64)
         if self.gate is not None:
             reliability = torch.where(present, self.gate.reliability(features), 0.0)
-        return Assessment(present, scores, self.trusted(scores, present), features, reliability)
+            typical = torch.sigmoid(torch.from_numpy(self.gate.bias))
+        return Assessment(present, scores, self.trusted(scores, present), features, reliability, typical)
 
     def trusted(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[B, M] bool: present modalities scoring at most the threshold. A sample whose every
@@ -294,21 +300,22 @@ def fit_gate(
     1 + F parameters per modality, float64, L-BFGS from a fixed start: deterministic, and far
     too few parameters to overfit a few thousand samples.
     """
-    z = torch.nan_to_num(features.detach().clone() - torch.from_numpy(centre), nan=0.0)
-    present = present.detach().clone()
-    target = log_probs.detach().clone()[torch.arange(len(labels)), :, labels]  # [N, 2^M]: log p(true label)
-    bias = torch.full((z.shape[1],), 3.0, dtype=torch.float64, requires_grad=True)
-    raw_slope = torch.zeros(z.shape[1], z.shape[2], dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([bias, raw_slope], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+    with torch.inference_mode(False), torch.enable_grad():  # whatever mode the caller is in
+        z = torch.nan_to_num(features.detach().clone() - torch.from_numpy(centre), nan=0.0)
+        present = present.detach().clone()
+        target = log_probs.detach().clone()[torch.arange(len(labels)), :, labels]  # [N, 2^M]: log p(true label)
+        bias = torch.full((z.shape[1],), 3.0, dtype=torch.float64, requires_grad=True)
+        raw_slope = torch.zeros(z.shape[1], z.shape[2], dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.LBFGS([bias, raw_slope], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
 
-    def loss() -> torch.Tensor:
-        optimiser.zero_grad()
-        weights = torch.where(present, torch.sigmoid(bias - (softplus(raw_slope) * z).sum(dim=2)), 0.0)
-        value = -mixture(target.unsqueeze(2), weights).mean()
-        value.backward()
-        return value
+        def loss() -> torch.Tensor:
+            optimiser.zero_grad()
+            weights = torch.where(present, torch.sigmoid(bias - (softplus(raw_slope) * z).sum(dim=2)), 0.0)
+            value = -mixture(target.unsqueeze(2), weights).mean()
+            value.backward()
+            return value
 
-    optimiser.step(loss)
+        optimiser.step(loss)
     slope = softplus(raw_slope).detach().numpy().copy()
     return Gate(np.asarray(centre, dtype=np.float64), bias.detach().numpy().copy(), slope)
 
