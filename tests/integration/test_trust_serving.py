@@ -77,7 +77,7 @@ def test_a_weighed_modality_pulls_the_answer_only_as_far_as_it_is_believed(artif
     save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}, far={"image"}))
     scores, answer = _answer(Predictor(artifact, "test"), sample)
     assert answer.modalities_set_aside == ["image"] and answer.trust["image"].weight == pytest.approx(0.0)
-    assert answer.notes == ["image set aside: weighed 0.00, unlike training image (score 0.000)"]
+    assert answer.notes == ["image set aside: weighed 0.00, far below a typical image (score 0.000)"]
     assert torch.allclose(scores.probabilities, without.probabilities, atol=1e-5)
 
 

@@ -224,7 +224,7 @@ class Predictor:
         notes = [
             f"{m} set aside: unlike training {m}, score {trust[m].score:.3f} > {trust[m].threshold:.2f}"
             if trust[m].score > trust[m].threshold
-            else f"{m} set aside: weighed {trust[m].weight:.2f}, unlike training {m} (score {trust[m].score:.3f})"
+            else f"{m} set aside: weighed {trust[m].weight:.2f}, far below a typical {m} (score {trust[m].score:.3f})"
             for m in set_aside
         ]
         return Prediction(
