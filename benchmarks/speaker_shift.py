@@ -67,7 +67,9 @@ def held_out(speaker: str, work: Path, sources: Path) -> dict[str, Any]:
         state = PreprocessState.from_dict(config["preprocessing"])
         manifest = dataset_manifest(data, work / "raw")
         # outside inference mode: fitting the gate needs autograd
-        trust = fit_served_trust(models[FUSED], work / "processed", manifest, state, temperature, evaluation)
+        trust = fit_served_trust(
+            models[FUSED], work / "processed", splits["val"], manifest, state, temperature, evaluation
+        )
         with torch.inference_mode():
             test = encoded(models[FUSED], splits["test"].tensors, 500)
             answers = trust_methods(models[FUSED], trust, test.embeddings, test.present, test.inputs, temperature)

@@ -16,7 +16,6 @@ import torch
 
 from mmfuse.evaluation.corruption import RawSplit, one_corrupted, split_rows
 from mmfuse.evaluation.predict import FUSED, accuracy, embeddings
-from mmfuse.modality import MODALITIES
 from mmfuse.models.classifier import MultimodalClassifier
 from mmfuse.models.data import Split, load_split
 from mmfuse.models.trust import METHODS, Encoded, Trust, fit_gate, fit_trust, mixture, subset_log_probs
@@ -74,14 +73,15 @@ COPIES = 4  # corrupted copies of val the gate is fitted on, beside the clean on
 def fit_served_trust(
     model: MultimodalClassifier,
     processed: Path,
+    val: Split,
     raw_manifest: Path,
     state: PreprocessState,
     temperature: float,
     params: EvaluateParams,
 ) -> Trust:
-    """The trust the evaluate stage ships with the candidate: fitted on the processed train and
-    val splits, its gate also on val's raw media (from `raw_manifest`) corrupted by seen families."""
-    val = load_split(Path(processed), "val").with_any(list(range(len(MODALITIES))))
+    """The trust the evaluate stage ships with the candidate: fitted on the processed train split
+    and `val` (as loaded for calibration), its gate also on val's raw media (from `raw_manifest`)
+    corrupted by seen families."""
     rows = split_rows(raw_manifest, val.sample_ids)
     raw = RawSplit.load(rows, Path(raw_manifest).parent, val.tensors["mask"], state)
     return fit_on_splits(

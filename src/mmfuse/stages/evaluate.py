@@ -111,8 +111,6 @@ def _clean_input(
     if not split_path(processed, CLEAN_SPLIT).exists():
         return {}
     split = load_split(processed, CLEAN_SPLIT)
-    if not split.sample_ids:
-        return {}
     subsets = evaluate_subsets(models, split)
     return {
         "count": len(split.sample_ids),
@@ -192,7 +190,7 @@ def run(
         )
         progress.update(task, description="trust")
         fitted = fit_served_trust(
-            models[FUSED], processed_dir, Path(raw_manifest), state, calibration["temperature"], params
+            models[FUSED], processed_dir, val, Path(raw_manifest), state, calibration["temperature"], params
         )
         setaside = set_aside_rates(models[FUSED], fitted, encoded(models[FUSED], tensors, params.batch_size))
         progress.update(task, advance=1, description="robustness")
