@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from imports import PACKAGE, SRC, all_modules, closure, imports_of, module_file
 
-ROOT = SRC.parent
+from mmfuse.source import PACKAGE, SRC, all_modules, closure, imports_of, module_file
+
+ROOT = Path(__file__).resolve().parents[2]
 STAGE_CMD = re.compile(r"^python -m mmfuse\.stages\.(\w+)(\s|$)")
 
 

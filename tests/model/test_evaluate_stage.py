@@ -73,7 +73,6 @@ def _evaluate(project: tuple[Path, Path], out: Path) -> dict:
         metrics=out / "metrics" / "evaluate.json",
         calibration=out / "models" / "calibration.json",
         trust=out / "models" / "trust.safetensors",
-        train_metrics=[root / "metrics" / "train_unimodal.json", root / "metrics" / "train_fusion.json"],
     )
 
 
@@ -158,7 +157,7 @@ def test_plot_files_have_the_dvc_layouts(runs) -> None:
     # corruptions x (fused, set_aside, weighted, masked, reference, unimodal) x (clean + 6 levels)
     assert len(curves) == len(CORRUPTIONS) * 6 * 7
     complexity = json.loads((first / "reports/complexity.json").read_text())
-    assert complexity["models"]["fused"]["per_batch_ms"] > 0 and complexity["models"]["fused"]["train_seconds"] > 0
+    assert complexity["models"]["fused"]["per_batch_ms"] > 0
 
 
 def test_score_artifact_agrees_with_the_stage(project, runs) -> None:

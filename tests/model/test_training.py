@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import mmfuse
 from mmfuse.errors import ConfigError, MMFuseError
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.modality import MODALITIES
@@ -112,6 +115,43 @@ def test_a_checkpoint_of_other_params_is_not_resumed(processed_dir, tiny_params,
     assert metrics["epochs_run"] == 2
 
 
+def test_a_checkpoint_of_other_code_is_not_resumed(processed_dir, tiny_params, tmp_path) -> None:
+    """Killed mid-run, then the training loop's per-epoch seed changes: the rerun must start
+    over under the new code, not finish the old code's run (the same rerun without the
+    change resumes: test_resume_after_sigkill_ends_identical)."""
+    src = tmp_path / "src"
+    shutil.copytree(Path(mmfuse.__file__).parent, src / "mmfuse", ignore=shutil.ignore_patterns("__pycache__"))
+
+    def train(root: Path, kill: bool = False) -> subprocess.CompletedProcess[str]:
+        hook = "lambda e: os.kill(os.getpid(), signal.SIGKILL)" if kill else "None"
+        script = textwrap.dedent(
+            f"""
+            import os, signal
+            from pathlib import Path
+            from mmfuse.params.train import TrainParams
+            from mmfuse.training.jobs import train_model
+            root = Path({str(root)!r})
+            params = TrainParams.model_validate_json({tiny_params.model_dump_json()!r})
+            train_model(Path({str(processed_dir)!r}), root / "model", params, ("image", "audio", "text"), "late",
+                        root / "ckpt", root / "curve.csv", epoch_hook={hook})
+            """
+        )
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, env=env)
+
+    assert train(tmp_path / "run", kill=True).returncode == -9
+    loop = src / "mmfuse" / "training" / "loop.py"
+    seeding = "return (seed * 1_000_003"
+    assert seeding in loop.read_text()
+    loop.write_text(loop.read_text().replace(seeding, "return (7 + seed * 1_000_003"))
+    for root in (tmp_path / "run", tmp_path / "fresh"):
+        done = train(root)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == (
+        tmp_path / "fresh" / "model" / "model.safetensors"
+    ).read_bytes()
+
+
 def test_artifact_round_trip_without_pickle(processed_dir, reference) -> None:
     root = reference[0] / "model"
     weights = load_file(str(root / "model.safetensors"))  # safetensors: no pickle involved
@@ -153,6 +193,7 @@ def test_the_fusion_part_asks_for_the_unimodal_models_first(processed_dir, tiny_
             params=tiny_params,
             curves=tmp_path / "plots" / "fusion",
             metrics=tmp_path / "metrics" / "train_fusion.json",
+            times=tmp_path / "metrics" / "train_fusion_time.json",
         )
     assert not (tmp_path / "metrics").exists() and not (tmp_path / "models" / "baselines").exists()
 
@@ -181,12 +222,18 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
             )
     assert json.loads((tmp_path / "metrics" / "train_fusion.json").read_text())["candidate"]["fusion"] == "gated"
     assert "candidate" not in json.loads((tmp_path / "metrics" / "train_unimodal.json").read_text())
+    # wall times apart from the deterministic metrics, which a retrain to the same weights leaves byte-identical
+    fusion_metrics = (tmp_path / "metrics" / "train_fusion.json").read_bytes()
+    times = json.loads((tmp_path / "metrics" / "train_fusion_time.json").read_text())
+    assert times["candidate"]["train_seconds"] > 0 and "val_accuracy" not in times["candidate"]
+    assert "train_seconds" not in json.loads(fusion_metrics)["candidate"]
     # staged training: the pairs and the fusion model carry the unimodal encoders, untouched
     fused, _ = load_model(tmp_path / "models" / "candidate")
     for m in MODALITIES:
         unimodal, _ = load_model(tmp_path / "models" / "baselines" / m)
         for key, value in unimodal.encoders[m].state_dict().items():
             assert torch.equal(fused.encoders[m].state_dict()[key], value), (m, key)
+    assert not list((tmp_path / "models" / ".checkpoints").iterdir())  # a finished part leaves nothing to replay
     before = (tmp_path / "models" / "candidate" / "model.safetensors").read_bytes()
     train_all(
         processed=processed_dir,
@@ -197,7 +244,8 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
     )
     assert (
         tmp_path / "models" / "candidate" / "model.safetensors"
-    ).read_bytes() == before  # finished models are reused
+    ).read_bytes() == before  # retrained from scratch (`dvc repro -f`), to the same bytes
+    assert (tmp_path / "metrics" / "train_fusion.json").read_bytes() == fusion_metrics
     # a fusion experiment reuses the unimodal stage: fusion knobs reach neither its weights nor its configs
     other = tmp_path / "other"
     fusion_only = params.model_copy(update={"fusion": "concat", "head_epochs": 1, "modality_dropout": 0.0})
@@ -208,6 +256,7 @@ def test_run_training_then_evaluate_subsets(processed_dir, tiny_params, tmp_path
         params=fusion_only,
         curves=other / "plots" / "unimodal",
         metrics=other / "metrics" / "train_unimodal.json",
+        times=other / "metrics" / "train_unimodal_time.json",
     )
     for m in MODALITIES:
         for name in ARTIFACT_FILES:

@@ -101,7 +101,6 @@ def synthetic_measurements() -> dict[str, Any]:
         "per_batch_ms": 10.0,
         "batch_size": 256,
         "peak_inference_mib": 3.0,
-        "train_seconds": None,
         "threads": 2,
     }
     return {"models": {"fused": timing, "image": timing}, "process_peak_rss_mib": 300.0}

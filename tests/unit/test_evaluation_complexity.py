@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
-from mmfuse.evaluation.complexity import latency_ms, peak_inference_mib, training_seconds
+from mmfuse.evaluation.complexity import latency_ms, peak_inference_mib
 
 
 class _Allocates(torch.nn.Module):
@@ -34,14 +31,3 @@ def test_latency_reports_medians_for_one_sample_and_one_batch() -> None:
     tensors = {"label": torch.arange(10)}
     result = latency_ms(_Allocates(1), tensors, batch_size=256, repeats=3)
     assert result["batch_size"] == 10 and result["per_sample_ms"] > 0 and result["per_batch_ms"] > 0
-
-
-def test_training_times_come_from_both_train_stages_metrics(tmp_path: Path) -> None:
-    unimodal, fusion = tmp_path / "train_unimodal.json", tmp_path / "train_fusion.json"
-    unimodal.write_text(json.dumps({"baselines": {"image": {"train_seconds": 3.0}}}))
-    fusion.write_text(
-        json.dumps({"candidate": {"train_seconds": 12.5}, "baselines": {"image+text": {"train_seconds": 1.5}}})
-    )
-    assert training_seconds([unimodal, fusion]) == {"fused": 12.5, "image": 3.0, "image+text": 1.5}
-    assert training_seconds([unimodal, tmp_path / "missing.json"]) == {"image": 3.0}
-    assert training_seconds([]) == {}

@@ -9,18 +9,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import json
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmfuse.evaluation.predict import FUSED
 from mmfuse.models.artifact import count_parameters
 from mmfuse.models.classifier import MultimodalClassifier
 
@@ -96,23 +93,6 @@ def latency_ms(
     }
 
 
-def training_seconds(train_metrics_paths: Sequence[Path]) -> dict[str, float | None]:
-    """Wall-clock training time per model name, from the train stages' metrics files (absent ones are skipped).
-
-    The artifacts keep timings out of their metrics.json (it must be byte-stable), so the
-    train stages' own metrics files, each {"candidate": {...}, "baselines": {name: {...}}},
-    are the source; the candidate is reported under FUSED, as everywhere in the evaluation.
-    """
-    found: dict[str, dict[str, Any]] = {}
-    for path in map(Path, train_metrics_paths):
-        if path.exists():
-            summary = json.loads(path.read_text())
-            found.update(summary.get("baselines", {}))
-            if "candidate" in summary:
-                found[FUSED] = summary["candidate"]
-    return {name: entry.get("train_seconds") for name, entry in found.items()}
-
-
 def parameter_counts(models: dict[str, MultimodalClassifier]) -> dict[str, dict[str, float]]:
     """Parameters and float32 weight size (MiB) per model: the deterministic part of complexity."""
     return {
@@ -126,18 +106,19 @@ def measure(
     model_inputs: dict[str, dict[str, torch.Tensor]],
     batch_size: int,
     repeats: int,
-    train_metrics_paths: Sequence[Path],
 ) -> dict[str, Any]:
-    """Per model: latency per sample and per batch, peak inference memory, training time; plus the
-    stage's own peak memory. `model_inputs[name]`: up to `batch_size` test rows the model is scored on."""
-    trained = training_seconds(train_metrics_paths)
+    """Per model: latency per sample and per batch, peak inference memory; plus the stage's own
+    peak memory. `model_inputs[name]`: up to `batch_size` test rows the model is scored on.
+
+    Training times are not read here: they live in the train stages' `metrics/train_*_time.json`,
+    which no stage depends on, so a retrain to identical weights does not rerun evaluation.
+    """
     per_model = {}
     for name, model in models.items():
         inputs = model_inputs[name]
         per_model[name] = {
             **latency_ms(model, inputs, batch_size, repeats),
             "peak_inference_mib": peak_inference_mib(model, {k: v[:batch_size] for k, v in inputs.items()}),
-            "train_seconds": trained.get(name),
             "threads": torch.get_num_threads(),
         }
     return {"models": per_model, "process_peak_rss_mib": process_peak_rss_mib()}

@@ -21,9 +21,12 @@ def main_for(run: TrainRun, summary: str) -> Callable[..., None]:
         processed: Path = typer.Option(..., help="The processed splits (the preprocess stage's output)."),
         models: Path = typer.Option(..., help="The models folder (baselines/, candidate/, .checkpoints/)."),
         curves: Path = typer.Option(..., help="Where the learning curves (one CSV per model, DVC plots) go."),
-        metrics: Path = typer.Option(..., help="Where this part's metrics (a DVC metrics file) go."),
+        metrics: Path = typer.Option(..., help="Where this part's val metrics (a DVC metrics file) go."),
+        times: Path = typer.Option(..., help="Where this part's wall times go (a DVC metrics file no stage reads)."),
     ) -> None:
-        result = run(processed=processed, models=models, curves=curves, metrics=metrics, params=load_params().train)
+        result = run(
+            processed=processed, models=models, curves=curves, metrics=metrics, times=times, params=load_params().train
+        )
         trained = {**result["baselines"], **({"fusion model": result["candidate"]} if "candidate" in result else {})}
         for name, scores in trained.items():
             console.print(f"[green]trained[/] {name}: val accuracy {scores['val_accuracy']:.2f} %")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +129,6 @@ def run(
     metrics: Path,
     calibration: Path,
     trust: Path,
-    train_metrics: Sequence[Path] = (),
     params: EvaluateParams,
 ) -> dict[str, Any]:
     """Evaluate models/candidate and models/baselines/* on the test split; returns the metrics.
@@ -141,8 +139,7 @@ def run(
     untrusted modalities aside with, fitted on train, its threshold on val) and
     reports/{index.html, summary.md, details.json,
     complexity.json}. `raw_manifest` is the dataset's manifest: the robustness curves
-    re-preprocess its raw test media. `train_metrics` (the train stages' metrics files)
-    supply training times; models found in none are reported as unknown.
+    re-preprocess its raw test media.
     """
     processed_dir, models_dir, reports_dir, plots_dir = map(Path, (processed, models, reports, plots))
     metrics_path, calibration_path = Path(metrics), Path(calibration)
@@ -222,7 +219,6 @@ def run(
             {name: {k: v[timed[name]] for k, v in tensors.items()} for name in models},
             params.latency_batch,
             params.latency_repeats,
-            train_metrics,
         )
         results: dict[str, Any] = {
             "split": SPLIT,
@@ -306,7 +302,6 @@ def main(
     metrics: Path = typer.Option(..., help="Where the DVC metrics file goes."),
     calibration: Path = typer.Option(..., help="Where the fitted temperature goes (calibration.json)."),
     trust: Path = typer.Option(..., help="Where the fitted per-modality trust goes (trust.safetensors)."),
-    train_metrics: list[Path] = typer.Option([], help="The train stages' metrics files (training times); repeatable."),
 ) -> None:
     """Stage 5: test metrics, every modality subset, robustness, calibration, complexity, HTML report."""
     params = load_params()
@@ -319,7 +314,6 @@ def main(
         metrics=metrics,
         calibration=calibration,
         trust=trust,
-        train_metrics=train_metrics,
         params=params.evaluate,
     )
     console.print(f"[green]evaluated[/]: report in {Path(reports) / 'index.html'}")

@@ -14,9 +14,13 @@ from mmfuse.stages._train import main_for
 from mmfuse.training.jobs import train_part
 
 
-def run(*, processed: Path, models: Path, curves: Path, metrics: Path, params: TrainParams) -> dict[str, Any]:
+def run(
+    *, processed: Path, models: Path, curves: Path, metrics: Path, times: Path, params: TrainParams
+) -> dict[str, Any]:
     """Train into models/baselines/<pair> and models/candidate; resumes after a crash from models/.checkpoints."""
-    return train_part("fusion", processed=processed, models=models, params=params, curves=curves, metrics=metrics)
+    return train_part(
+        "fusion", processed=processed, models=models, params=params, curves=curves, metrics=metrics, times=times
+    )
 
 
 main = main_for(run, "Stage 4b: the pair baselines and the fusion model (on the unimodal encoders).")

@@ -15,9 +15,13 @@ from mmfuse.stages._train import main_for
 from mmfuse.training.jobs import train_part
 
 
-def run(*, processed: Path, models: Path, curves: Path, metrics: Path, params: TrainParams) -> dict[str, Any]:
+def run(
+    *, processed: Path, models: Path, curves: Path, metrics: Path, times: Path, params: TrainParams
+) -> dict[str, Any]:
     """Train into models/baselines/{image,audio,text}; resumes after a crash from models/.checkpoints."""
-    return train_part("unimodal", processed=processed, models=models, params=params, curves=curves, metrics=metrics)
+    return train_part(
+        "unimodal", processed=processed, models=models, params=params, curves=curves, metrics=metrics, times=times
+    )
 
 
 main = main_for(run, "Stage 4a: the image, audio and text baselines.")

@@ -1,4 +1,9 @@
-"""Checkpoints: one per model, rewritten atomically after every epoch, resumed only by the run that wrote it."""
+"""Checkpoints: one per model, rewritten atomically after every epoch, resumed only by the run that wrote it.
+
+A checkpoint exists to resume an interrupted run, nothing else: `train_part` removes its
+part's checkpoints once every model of the part is written, so `dvc repro -f` retrains
+instead of replaying a finished run.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,14 @@ from mmfuse.params.train import TrainParams
 CHECKPOINT = "checkpoint.pt"
 
 
-def fingerprint(spec: ModelSpec, params: TrainParams, processed_dir: Path, sources: list[Path]) -> str:
-    """What a checkpoint was made from (params, data, adopted encoders); another run's checkpoint is never resumed."""
+def fingerprint(spec: ModelSpec, params: TrainParams, processed_dir: Path, sources: list[Path], code: str) -> str:
+    """What a checkpoint was made from (code, params, data, adopted encoders): another run's is never resumed.
+
+    `code` is the `code_digest` of the training jobs' import closure (the loop, the losses,
+    the models, the params): the same closure dvc.yaml's deps cover.
+    """
     digest = hashlib.sha256()
+    digest.update(code.encode())
     digest.update(json.dumps([spec.model_dump(mode="json"), params.model_dump(mode="json")], sort_keys=True).encode())
     for path in [split_path(processed_dir, "train"), split_path(processed_dir, "val"), *sources]:
         with open(path, "rb") as handle:

@@ -12,8 +12,9 @@ same params and data give byte-identical artifacts.
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,15 @@ from mmfuse.models.data import load_meta, load_split, sample_shapes, vocab_size
 from mmfuse.models.determinism import deterministic
 from mmfuse.models.scoring import subset_scores
 from mmfuse.params.train import FUSIONS, TrainParams
+from mmfuse.source import code_digest
 from mmfuse.training.checkpoints import CHECKPOINT, fingerprint
 from mmfuse.training.loop import EpochHook, fit, write_curve
 
 PARTS = ("unimodal", "fusion")
+
+# Wall-clock figures of a training run: written apart from the deterministic metrics, to a
+# file no stage reads, so that a retrain to identical weights changes no dependency.
+TIMINGS = ("train_seconds", "epoch_seconds", "samples_per_second")
 
 
 # What only the multi-modality models read. The unimodal stage is declared in dvc.yaml
@@ -117,7 +123,9 @@ def train_model(
             train,
             val,
             Path(checkpoint_dir) / CHECKPOINT,
-            fingerprint(spec, params, processed_dir, [path / WEIGHTS for path in sources.values()]),
+            fingerprint(
+                spec, params, processed_dir, [path / WEIGHTS for path in sources.values()], code_digest(__name__)
+            ),
             name,
             unimodal,
             epoch_hook,
@@ -182,7 +190,7 @@ def _adopted_encoders(models_dir: Path, modalities: tuple[str, ...]) -> dict[str
 
 
 def train_part(
-    part: str, *, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path
+    part: str, *, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path, times: Path
 ) -> dict[str, Any]:
     """Train one part: "unimodal" (models/baselines/{image,audio,text}) or "fusion" (the three
     pairs in models/baselines/<pair>/, then the fusion model in models/candidate/).
@@ -191,10 +199,13 @@ def train_part(
     a unimodal model depends on (`unimodal_params`). With `pretrained_encoders` the fusion
     part adopts the unimodal encoders frozen and trains only its fusion part (staged training).
 
-    Writes `metrics` (each model's val metrics and training time) and curves/<name>.csv
-    (learning curves). Checkpoints live in models/.checkpoints/<name>/ and are kept after a
-    model finishes, so a rerun after a crash skips finished models (rebuilding identical
-    artifacts) and resumes the interrupted one. Returns {"baselines": {name: ...}, "candidate": ...}.
+    Writes `metrics` (each model's val metrics: deterministic), `times` (each model's wall
+    times: `TIMINGS`) and curves/<name>.csv (learning curves). Checkpoints live in
+    models/.checkpoints/<name>/ and are kept after a model finishes until the whole part is
+    done, so a rerun after a crash skips the part's finished models (rebuilding identical
+    artifacts) and resumes the interrupted one. Then they are removed: a finished part leaves
+    nothing to replay, so `dvc repro -f` retrains.
+    Returns {"baselines": {name: ...}, "candidate": ...}, each with both its metrics and its times.
     """
     models = Path(models)
     part_params = unimodal_params(params) if part == "unimodal" else params
@@ -212,15 +223,25 @@ def train_part(
             Path(curves) / f"{name}.csv",
             encoders_from=_adopted_encoders(models, modalities) if staged else None,
         )
-    candidate = results.pop("candidate", None)
-    summary = {"baselines": results, **({"candidate": candidate} if candidate else {})}
-    write_json(Path(metrics), summary)
+    write_json(Path(metrics), _summary(results, lambda key: key not in TIMINGS))
+    write_json(Path(times), _summary(results, lambda key: key in TIMINGS))
+    summary = _summary(results, lambda key: True)
+    for name, _, _ in training_jobs(params, part):
+        shutil.rmtree(models / ".checkpoints" / name, ignore_errors=True)
     return summary
+
+
+def _summary(results: dict[str, dict[str, Any]], keep: Callable[[str], bool]) -> dict[str, Any]:
+    """{"baselines": {name: ...}, "candidate": ...} of the `keep` keys of each model's results."""
+    kept = {name: {k: v for k, v in entry.items() if keep(k)} for name, entry in results.items()}
+    candidate = kept.pop("candidate", None)
+    return {"baselines": kept, **({"candidate": candidate} if candidate is not None else {})}
 
 
 def train_all(*, processed: Path, models: Path, params: TrainParams, curves: Path, metrics: Path) -> dict[str, Any]:
     """Both parts in order, outside DVC (benchmarks, tests), laid out as dvc.yaml lays them out:
-    curves/<part>/<name>.csv and metrics/train_<part>.json. Returns {"baselines": ..., "candidate": ...}."""
+    curves/<part>/<name>.csv, metrics/train_<part>.json and metrics/train_<part>_time.json.
+    Returns {"baselines": ..., "candidate": ...}."""
     merged: dict[str, Any] = {"baselines": {}}
     for part in PARTS:
         summary = train_part(
@@ -230,6 +251,7 @@ def train_all(*, processed: Path, models: Path, params: TrainParams, curves: Pat
             params=params,
             curves=Path(curves) / part,
             metrics=Path(metrics) / f"train_{part}.json",
+            times=Path(metrics) / f"train_{part}_time.json",
         )
         merged["baselines"].update(summary["baselines"])
         merged.update({"candidate": summary["candidate"]} if "candidate" in summary else {})

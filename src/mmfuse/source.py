@@ -1,13 +1,22 @@
-"""The import graph of src/mmfuse, read with `ast` (nothing is imported): closures and layers."""
+"""The package's own source: its import graph, read with `ast` (nothing is imported), and a
+digest of the code a result depends on.
+
+One reader serves two checks that must agree. `tests/code/test_layout.py` asserts that each
+DVC stage's code deps cover its module's import closure, so a code change always reruns the
+stage; training fingerprints its checkpoints with `code_digest` of the same closure, so a
+rerun never resumes a checkpoint written by other code (a finished checkpoint of the old
+code once made a changed training loop finish in 6.6 s with the old weights).
+"""
 
 from __future__ import annotations
 
 import ast
+import hashlib
 from functools import cache
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = "mmfuse"
+SRC = Path(__file__).resolve().parent.parent
 
 
 def module_file(module: str) -> Path | None:
@@ -69,3 +78,14 @@ def closure(module: str) -> set[str]:
 
 def all_modules() -> list[str]:
     return sorted(module_name(p) for p in (SRC / PACKAGE).rglob("*.py"))
+
+
+def code_digest(module: str) -> str:
+    """SHA-256 over the module names and bytes of `module`'s import closure, in name order.
+
+    Bytes, not mtimes: a checkout or a copy that leaves the code as it was changes nothing.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(closure(module)):
+        digest.update(name.encode() + b"\0" + module_file(name).read_bytes() + b"\0")
+    return digest.hexdigest()
