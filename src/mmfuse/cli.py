@@ -138,36 +138,71 @@ def orchestrate() -> None:
     run(Path.cwd(), load_params())
 
 
-champion_app = typer.Typer(no_args_is_help=True, help="Show or roll back the champion in the model store.")
+champion_app = typer.Typer(no_args_is_help=True, help="Show, roll back, clean or re-promote the champion.")
 app.add_typer(champion_app, name="champion")
 
 
 @champion_app.command("show")
 @friendly
-def champion_show() -> None:
-    """The champion's tag, metrics and lineage, and the last decisions."""
+def champion_show(
+    decisions: int = typer.Option(5, help="How many of the last decisions to list."),
+) -> None:
+    """The champion's tag, metrics and lineage, every version, incomplete ones, and the last decisions."""
     from mmfuse.inference import registry
 
+    broken = registry.broken_versions()
+    for tag in broken:
+        console.print(f"[red]incomplete[/] {tag}: left by an interrupted promotion; `mmfuse champion clean` removes it")
     model = registry.champion()
     if model is None:
         raise registry.RegistryError("no champion in the model store yet: run `dvc repro` (or `mmfuse promote`).")
     meta = model.info.metadata
     console.print(f"[bold]champion[/] {model.tag}  (created {model.info.creation_time:%Y-%m-%d %H:%M})")
-    for key in ("accuracy", "ece", "temperature", "git_commit", "dvc_lock_sha256", "previous"):
+    for key in ("accuracy", "ece", "temperature", "git_commit", "experiment", "params_sha256", "previous", "restored"):
         if key in meta:
             console.print(f"  {key}: {meta[key]}")
-    for record in registry.history()[-5:]:
-        tag = record.get("promoted_tag") or record.get("to") or ""
-        console.print(f"  {record['time'][:19]} {record['action']}: {record.get('verdict', '')} {tag}")
+    console.print("[bold]versions[/] (oldest first; `mmfuse champion rollback --to TAG` restores one)")
+    for version in registry.versions():
+        mark = "*" if version.tag == model.tag else " "
+        restored = version.info.metadata.get("restored")
+        note = f"  rollback to {restored}" if restored else ""
+        console.print(f" {mark} {version.tag}  {version.info.metadata.get('accuracy', '?')} %{note}")
+    console.print("[bold]last decisions[/]")
+    for record in registry.history()[-decisions:]:
+        tag = record.get("promoted_tag") or record.get("to") or record.get("champion_tag") or ""
+        failed = record.get("failed_gates") or []
+        gates = f"  failed: {', '.join(failed)}" if failed else ""
+        console.print(f"  {record['time'][:19]} {record['action']}: {record.get('verdict', '')} {tag}{gates}")
 
 
 @champion_app.command("rollback")
 @friendly
-def champion_rollback() -> None:
-    """Make the previous champion the champion again (recorded in the decision log)."""
+def champion_rollback(
+    to: Optional[str] = typer.Option(None, help="Restore this version (default: one step back in the history)."),
+) -> None:
+    """Make an earlier champion the champion again (recorded in the decision log)."""
     from mmfuse.inference import registry
 
-    console.print(f"[green]champion is now[/] {registry.rollback()}")
+    console.print(f"[green]champion is now[/] {registry.rollback(to)}")
+
+
+@champion_app.command("clean")
+@friendly
+def champion_clean() -> None:
+    """Remove versions an interrupted promotion left incomplete (the last complete one stays champion)."""
+    from mmfuse.inference import registry
+
+    removed = registry.clean()
+    console.print(f"[green]removed[/] {', '.join(removed)}" if removed else "nothing to clean: all versions complete")
+
+
+@champion_app.command("repromote")
+@friendly
+def champion_repromote(project: Path = typer.Option(Path("."), help="The DVC project.")) -> None:
+    """Rerun the promote stage alone (`dvc repro -s -f promote`); refuses if a stage above it changed."""
+    from mmfuse.orchestration.dvc import repromote
+
+    console.print(repromote(project).output.strip())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -65,13 +66,21 @@ def stage_inputs(tmp_path):
     registry.decision_log().unlink(missing_ok=True)
     calibration = tmp_path / "calibration.json"
     calibration.write_text('{"temperature": 1.5}')
+    (tmp_path / "params.yaml").write_text("train:\n  fusion: gated\n")
     summary = tmp_path / "validation.json"
     summary.write_text('{"success": true}')
     return tmp_path, calibration, summary
 
 
 def run_promotion(
-    candidate: Path, calibration: Path, validation: Path, scorer, params, decision: Path, reference: Path | None = None
+    candidate: Path,
+    calibration: Path,
+    validation: Path,
+    scorer,
+    params,
+    decision: Path,
+    reference: Path | None = None,
+    experiment: str | None = None,
 ) -> dict:
     return run(
         candidate=candidate,
@@ -81,20 +90,23 @@ def run_promotion(
         params=params,
         scorer=scorer,
         reference=reference,
+        experiment=experiment,
+        params_file=calibration.parent / "params.yaml",
     )
 
 
 def _candidate(folder: Path, weights: bytes) -> Path:
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(weights)
-    (folder / "config.json").write_text('{"preprocessing": {"params": {"image": {"size": 28}}}}')
+    config = {"preprocessing": {"params": {"image": {"size": 28}}}, "train": {"fusion": "gated", "lr": 0.003}}
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 
 def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_inputs):
     tmp_path, calibration, summary = stage_inputs
-    results = {"good": scores(accuracy=92.0), "worse": scores(accuracy=88.0)}
-    scorer = lambda artifact: results[json.loads((artifact / "config.json").read_text()).get("name", artifact.name)]  # noqa: E731
+    results = {b"A": scores(accuracy=92.0), b"B": scores(accuracy=88.0)}
+    scorer = lambda artifact: results[(artifact / "model.safetensors").read_bytes()]  # noqa: E731
 
     reference = tmp_path / "reference.parquet"
     reference.write_bytes(b"profile")
@@ -108,7 +120,6 @@ def test_stage_promotes_then_keeps_champion_when_challenger_is_worse(stage_input
     assert json.loads((Path(champion.path) / "calibration.json").read_text())["temperature"] == 1.5
     assert champion.info.metadata["preprocessing"] == {"image": {"size": 28}}
 
-    (Path(champion.path) / "config.json").write_text('{"name": "good"}')  # so the scorer knows it
     second = run_promotion(
         _candidate(tmp_path / "worse", b"B"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json"
     )
@@ -157,3 +168,31 @@ def test_the_same_weights_with_a_new_calibration_or_reference_become_a_new_versi
     )
     assert again["verdict"] == "keep"
     assert len(registry.versions()) == 3 and first["promoted_tag"] != recalibrated["promoted_tag"]
+
+
+def test_an_experiment_decides_but_does_not_promote_unless_asked(stage_inputs):
+    """`dvc exp run` once wrote its model into the store as champion with HEAD's lineage."""
+    tmp_path, calibration, summary = stage_inputs
+    results = {b"A": scores(accuracy=90.0), b"B": scores(accuracy=93.0)}
+    scorer = lambda artifact: results[(artifact / "model.safetensors").read_bytes()]  # noqa: E731
+    first = run_promotion(_candidate(tmp_path / "a", b"A"), calibration, summary, scorer, PARAMS, tmp_path / "d1.json")
+    assert first["verdict"] == "promote" and "experiment" not in registry.champion().info.metadata
+    held = run_promotion(
+        _candidate(tmp_path / "b", b"B"), calibration, summary, scorer, PARAMS, tmp_path / "d2.json", experiment="wide"
+    )
+    assert held["verdict"] == "experiment" and held["failed_gates"] == [] and "dvc exp apply wide" in held["detail"]
+    assert str(registry.champion().tag) == first["promoted_tag"] and len(registry.versions()) == 1
+    assert json.loads((tmp_path / "d2.json").read_text())["verdict"] == "experiment"
+    allowed = run_promotion(
+        _candidate(tmp_path / "c", b"B"),
+        calibration,
+        summary,
+        scorer,
+        PARAMS.model_copy(update={"from_experiments": True}),
+        tmp_path / "d3.json",
+        experiment="wide",
+    )
+    assert allowed["verdict"] == "promote"
+    lineage = registry.champion().info.metadata
+    assert lineage["experiment"] == "wide" and lineage["train"] == {"fusion": "gated", "lr": 0.003}
+    assert lineage["params_sha256"] == hashlib.sha256((tmp_path / "params.yaml").read_bytes()).hexdigest()

@@ -1,31 +1,44 @@
 """The champion in the BentoML model store, and the log of every promotion decision.
 
 Every promoted model is a new version of one store entry, so `mmfuse:latest` *is* the
-champion: BentoML moves `latest` only after a version is completely written, so a
-crash mid-promotion leaves the old champion in place, never a half-copied one. A
-rollback re-promotes the previous champion as a new version, keeping history linear.
+champion. BentoML moves `latest` only after a version is completely written, but it copies
+a version into the store file by file: a promotion killed mid-copy left a version holding
+only `model.yaml`, listed as the newest `mmfuse` with the challenger's metrics, and once the
+real champion was deleted `latest` moved onto it. So each version records the size of every
+file it must hold (`FILES` in its metadata) and a version is *complete* only when all are
+there. Promotion, rollback and cleaning run under one lock; each first removes what an
+interrupted one left (incomplete versions, its staging folder), so the store always holds
+either the previous good state or the new complete one, never a visible mix.
+
+A rollback re-promotes an earlier champion as a new version, keeping history linear.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import BentoMLException, NotFound
 
 from mmfuse.errors import MMFuseError
 
 MODEL_NAME = "mmfuse"
 ROLE_LABEL = "role"
+FILES = "files"  # metadata: {relative path: size in bytes} of every file the version must hold
+MODEL_YAML = "model.yaml"  # BentoML's own description of a version, written by BentoML itself
 
 
 class RegistryError(MMFuseError):
-    """The model store has no champion (yet), or no previous one to roll back to."""
+    """The model store has no champion (yet), no complete one, or no earlier one to roll back to."""
 
 
 def store_root() -> Path:
@@ -33,24 +46,82 @@ def store_root() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
+def _own_dir() -> Path:
+    """mmfuse's own files beside the store: the decision log, the lock, the staging folder."""
+    return store_root() / "mmfuse"
+
+
 def decision_log() -> Path:
     """Append-only JSON lines beside the store: it outlives any one project checkout."""
-    return store_root() / "mmfuse" / "decisions.jsonl"
+    return _own_dir() / "decisions.jsonl"
 
 
-def champion() -> bentoml.Model | None:
+def _staging_root() -> Path:
+    return _own_dir() / "staging"
+
+
+def _version_dirs() -> list[Path]:
+    """Every version folder of the entry, whether or not BentoML can read it ($BENTOML_HOME/models/<name>/<version>)."""
+    entry = store_root() / "models" / MODEL_NAME
+    return sorted(p for p in entry.iterdir() if p.is_dir()) if entry.is_dir() else []
+
+
+def _tag(folder: Path) -> str:
+    return f"{MODEL_NAME}:{folder.name}"
+
+
+def _load(tag: str) -> bentoml.Model | None:
+    """The version's model, or None when its model.yaml is missing or torn."""
     try:
-        return bentoml.models.get(f"{MODEL_NAME}:latest")
-    except NotFound:
+        return bentoml.models.get(tag)
+    except Exception:  # a torn model.yaml raises whatever its YAML and attrs parsing meets
         return None
 
 
-def versions() -> list[bentoml.Model]:
-    """Every champion the store has held, oldest first."""
+def missing_files(model: bentoml.Model) -> list[str]:
+    """The files `model` should hold but does not (absent, or of another size); [] for a complete version.
+
+    Versions promoted before sizes were recorded are judged by their weights alone.
+    """
+    root = Path(model.path)
+    expected = model.info.metadata.get(FILES) or {"model.safetensors": None}
+    return sorted(
+        name
+        for name, size in expected.items()
+        if not (root / name).is_file() or (size is not None and (root / name).stat().st_size != size)
+    )
+
+
+def broken_versions() -> list[str]:
+    """Tags of incomplete versions: left by a promotion that was interrupted while copying into the store."""
+    broken = []
+    for folder in _version_dirs():
+        model = _load(_tag(folder))
+        if model is None or missing_files(model):
+            broken.append(_tag(folder))
+    return broken
+
+
+def champion() -> bentoml.Model | None:
+    """The champion (`latest`), None when the store holds none; an incomplete one is an error, never served."""
     try:
-        return sorted(bentoml.models.list(MODEL_NAME), key=lambda m: m.info.creation_time)
-    except NotFound:
-        return []
+        model = bentoml.models.get(f"{MODEL_NAME}:latest")
+    except (NotFound, BentoMLException):
+        return None
+    missing = missing_files(model)
+    if missing:
+        raise RegistryError(
+            f"the store's latest {MODEL_NAME} version {model.tag} is incomplete (missing {', '.join(missing)}): "
+            "a promotion was interrupted. Run `mmfuse champion clean` to remove it (the complete version "
+            "before it becomes the champion again)."
+        )
+    return model
+
+
+def versions() -> list[bentoml.Model]:
+    """Every complete version the store holds, oldest first."""
+    found = [m for m in map(_load, map(_tag, _version_dirs())) if m is not None and not missing_files(m)]
+    return sorted(found, key=lambda m: m.info.creation_time)
 
 
 def champion_path() -> Path:
@@ -70,47 +141,140 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-def _store(artifact_dir: Path, metadata: dict[str, Any]) -> bentoml.Model:
-    labels = {ROLE_LABEL: "champion"}
-    with bentoml.models.create(MODEL_NAME, labels=labels, metadata=_without_none(metadata)) as model:
-        shutil.copytree(artifact_dir, model.path, dirs_exist_ok=True)
-    return model
+def _file_sizes(folder: Path) -> dict[str, int]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MODEL_YAML)
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files}
+
+
+@contextmanager
+def _locked() -> Iterator[None]:
+    """One writer of the store at a time (promote, rollback, clean)."""
+    _own_dir().mkdir(parents=True, exist_ok=True)
+    with open(_own_dir() / "store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _clean_locked() -> list[str]:
+    """Under the lock: clear what a killed writer left (its staging folder, incomplete versions)."""
+    shutil.rmtree(_staging_root(), ignore_errors=True)  # only a killed writer leaves it: we hold the lock
+    broken = broken_versions()
+    unreadable = [folder for folder in _version_dirs() if _load(_tag(folder)) is None]
+    for folder in unreadable:  # no model.yaml: BentoML cannot even list the entry until these are gone
+        shutil.rmtree(folder)
+    for tag in set(broken) - set(map(_tag, unreadable)):
+        bentoml.models.delete(tag)  # BentoML's own delete moves `latest` back to the newest left
+    if broken:
+        log_decision({"action": "clean", "removed": broken})
+    return broken
+
+
+def clean() -> list[str]:
+    """Remove incomplete versions and a killed writer's staging folder; return the removed tags."""
+    with _locked():
+        return _clean_locked()
+
+
+def _store(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path]) -> bentoml.Model:
+    """A new version holding `artifact_dir` plus `companions` ({file name: path}); call under the lock.
+
+    BentoML builds a version in a temp folder before copying it into the store; it is put
+    under our own staging folder, so a kill leaves nothing behind that the next writer does
+    not remove.
+    """
+    staging = _staging_root()
+    staging.mkdir(parents=True, exist_ok=True)
+    files = {**_file_sizes(artifact_dir), **{name: Path(path).stat().st_size for name, path in companions.items()}}
+    metadata = {**_without_none(metadata), FILES: files}
+    system_tmp, tempfile.tempdir = tempfile.tempdir, str(staging)
+    try:
+        with bentoml.models.create(MODEL_NAME, labels={ROLE_LABEL: "champion"}, metadata=metadata) as model:
+            shutil.copytree(artifact_dir, model.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MODEL_YAML))
+            for name, path in companions.items():
+                shutil.copyfile(path, Path(model.path) / name)
+    finally:
+        tempfile.tempdir = system_tmp
+    shutil.rmtree(staging, ignore_errors=True)
+    return bentoml.models.get(model.tag)
 
 
 def log_decision(record: dict[str, Any]) -> None:
     path = decision_log()
     path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": datetime.now(timezone.utc).isoformat(), **record}, sort_keys=True) + "\n"
     with open(path, "a") as handle:
-        handle.write(json.dumps({"time": datetime.now(timezone.utc).isoformat(), **record}, sort_keys=True) + "\n")
+        handle.write(line)
 
 
 def history() -> list[dict[str, Any]]:
+    """The decision log, oldest first; a line torn by a crash mid-append is skipped, not fatal."""
     path = decision_log()
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
-def promote(artifact_dir: Path, metadata: dict[str, Any]) -> str:
-    """Store `artifact_dir` as the new champion; return its tag."""
-    previous = champion()
-    model = _store(Path(artifact_dir), {**metadata, "previous": str(previous.tag) if previous else None})
+def promote(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path] | None = None) -> str:
+    """Store `artifact_dir` and its `companions` ({file name: path}, e.g. calibration, trust) as the
+    new champion; return its tag. What an interrupted promotion left is removed first."""
+    with _locked():
+        _clean_locked()
+        previous = champion()
+        metadata = {**metadata, "previous": str(previous.tag) if previous else None}
+        model = _store(Path(artifact_dir), metadata, dict(companions or {}))
     return str(model.tag)
 
 
-def rollback() -> str:
-    """Make the champion before the current one champion again (recorded in the log)."""
-    current = champion()
-    if current is None:
-        raise RegistryError("no champion in the model store: nothing to roll back.")
-    previous_tag = current.info.metadata.get("previous")
-    if not previous_tag:
-        raise RegistryError(f"{current.tag} is the first champion: there is no previous one to roll back to.")
-    try:
-        previous = bentoml.models.get(previous_tag)
-    except NotFound as exc:
-        raise RegistryError(f"the previous champion {previous_tag} is no longer in the store.") from exc
-    metadata = {**previous.info.metadata, "rolled_back_from": str(current.tag), "restored": previous_tag}
-    model = _store(Path(previous.path), {**metadata, "previous": previous.info.metadata.get("previous")})
-    log_decision({"action": "rollback", "from": str(current.tag), "to": str(model.tag), "restored": previous_tag})
+def lineage(model: bentoml.Model) -> str:
+    """The version whose place in the champion history `model` holds: itself, or what a rollback copy restores."""
+    return model.info.metadata.get("restored") or str(model.tag)
+
+
+def rollback(to: str | None = None) -> str:
+    """Make an earlier champion the champion again, as a new version (recorded in the log).
+
+    Without `to`, walks the champion history back one step from where the current champion
+    stands in it, so that rolling back twice goes back twice: A, B, C; rollback restores B,
+    then A. A rollback copy stands where the version it restores stood. `to` restores any
+    complete version of the store.
+    """
+    with _locked():
+        _clean_locked()
+        current = champion()
+        if current is None:
+            raise RegistryError("no champion in the model store: nothing to roll back.")
+        if to is None:
+            standing = lineage(current)
+            original = _load(standing)
+            to = original.info.metadata.get("previous") if original is not None else None
+            if not to:
+                copy = f" (a rollback copy of {standing})" if standing != str(current.tag) else ""
+                raise RegistryError(
+                    f"{current.tag}{copy} holds the first champion's place: there is nothing earlier to roll back "
+                    "to. `mmfuse champion rollback --to TAG` restores any version `mmfuse champion show` lists."
+                )
+        to = to if ":" in to else f"{MODEL_NAME}:{to}"
+        target = _load(to)
+        if target is None or missing_files(target):
+            raise RegistryError(f"{to} is no complete version in the model store: `mmfuse champion show` lists them.")
+        origin = lineage(target)
+        original = _load(origin)
+        metadata = {
+            **target.info.metadata,
+            "rolled_back_from": str(current.tag),
+            "restored": origin,
+            "previous": original.info.metadata.get("previous") if original is not None else None,
+        }
+        metadata.pop(FILES, None)
+        model = _store(Path(target.path), metadata, {})
+    log_decision({"action": "rollback", "from": str(current.tag), "to": str(model.tag), "restored": origin})
     return str(model.tag)

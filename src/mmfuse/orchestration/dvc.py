@@ -73,15 +73,40 @@ def repro_stage(stage: str, project: Path) -> StageResult:
     comes from the failure record the stage's command writes (mmfuse.stages.friendly).
     """
     ran = _changed(stage, project)
+    return StageResult(stage, ran=ran, output=_repro(stage, project))
+
+
+def _repro(stage: str, project: Path, *options: str) -> str:
+    """`dvc repro --single-item [options] <stage>`; its output, or StageFailed with the stage's failure record."""
     with tempfile.TemporaryDirectory() as scratch:
         record = Path(scratch) / "failure.json"
-        done = _dvc(["repro", "--single-item", stage], project, env={FAILURE_RECORD_ENV: str(record)})
+        done = _dvc(["repro", "--single-item", *options, stage], project, env={FAILURE_RECORD_ENV: str(record)})
         output = done.stdout + done.stderr
         if done.returncode != 0:
             raise StageFailed(
                 stage, done.returncode, output, json.loads(record.read_text()) if record.exists() else None
             )
-    return StageResult(stage, ran=ran, output=output)
+    return output
+
+
+def repromote(project: Path, stage: str = "promote") -> StageResult:
+    """Rerun the promote stage alone (`dvc repro --single-item --force promote`), e.g. after the
+    champion was rolled back or removed, without rerunning what it depends on.
+
+    `dvc repro -f promote` forces every stage above it too (2.5 min on the default dataset);
+    this reruns one. It refuses when anything above has changed: promoting outputs that no
+    longer match their inputs would record a lineage that is not true.
+    """
+    done = _dvc(["status", "--json"], project)
+    if done.returncode != 0:
+        raise StageFailed("status", done.returncode, done.stdout + done.stderr)
+    stale = sorted(set(json.loads(done.stdout or "{}")) - {stage})
+    if stale:
+        raise MMFuseError(
+            f"{', '.join(stale)} changed since the last run, so {stage} alone would promote stale outputs: "
+            "run `dvc repro`, which reruns them and then promotes."
+        )
+    return StageResult(stage, ran=True, output=_repro(stage, project, "--force"))
 
 
 def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = None) -> str:

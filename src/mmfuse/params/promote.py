@@ -15,3 +15,4 @@ class PromoteParams(Section):
     subset_tolerance: float = Field(1.0, ge=0)  # no subset may lose more than this vs the champion (points)
     max_ece: float = Field(0.05, ge=0, le=1)  # calibration error ceiling, after temperature scaling
     require_validation: bool = True  # the validate stage must have passed for this data
+    from_experiments: bool = False  # a `dvc exp run` decides but never publishes a champion, unless set

@@ -3,15 +3,18 @@
 Gates are a pure function of two score sets, so each one is testable on constructed
 numbers. Whatever the verdict, a decision record says what was compared, every gate's
 value and threshold, and why; a failed gate leaves the champion untouched.
+
+An experiment (`dvc exp run`, which DVC marks with $DVC_EXP_NAME) decides but does not
+publish: it trained what its own params say, and production must not change because someone
+tried an idea. Its record says what it would have done; `promote.from_experiments` opts in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +30,7 @@ from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.params.promote import PromoteParams
 from mmfuse.stages import console, stage_cli
 
+EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage it runs
 Scores = dict[str, Any]  # {"accuracy": %, "subsets": {name: %}, "ece": float}
 Scorer = Callable[[Path], Scores]
 
@@ -122,12 +126,17 @@ def run(
     scorer: Scorer,
     reference: Path | None = None,
     trust: Path | None = None,
+    experiment: str | None = None,
+    params_file: Path = Path("params.yaml"),
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer`, decide, and promote on success.
 
     The champion in the store carries what serving and monitoring need beside the weights:
     its calibration and, when given, its trust and the drift reference profile built from it. The
-    decision record goes to `decision` whatever the verdict.
+    decision record goes to `decision` whatever the verdict. Inside the experiment `experiment`
+    a passing challenger is held back (verdict "experiment") unless `params.from_experiments`.
+    The lineage stored with a champion names what was trained: the experiment, the digest
+    of the params file the run read and the candidate's own training params.
     """
     candidate, calibration_path = Path(candidate), Path(calibration)
     companions = {CALIBRATION: calibration_path, TRUST: trust, REFERENCE_FILE: reference}
@@ -153,24 +162,30 @@ def run(
             "the champion's weights with a new calibration, trust or drift reference: promoted as a new version, "
             "so that serving and monitoring use them"
         )
+    if experiment is not None and record["verdict"] == "promote" and not params.from_experiments:
+        record.update(
+            verdict="experiment",
+            experiment=experiment,
+            detail=(
+                f"experiment {experiment} passed every gate but does not promote: `dvc exp apply {experiment}` then "
+                "`dvc repro` (or set promote.from_experiments: true) to make it the champion"
+            ),
+        )
     if record["verdict"] == "promote":
-        with tempfile.TemporaryDirectory() as staging:
-            artifact = Path(staging) / "artifact"
-            shutil.copytree(candidate, artifact)
-            for name, path in companions.items():
-                shutil.copyfile(path, artifact / name)
-            metadata = {
-                "accuracy": challenger["accuracy"],
-                "ece": challenger["ece"],
-                "subsets": challenger["subsets"],
-                "temperature": temperature,
-                "git_commit": _git_commit(),
-                "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
-                "preprocessing": json.loads((candidate / "config.json").read_text())
-                .get("preprocessing", {})
-                .get("params", {}),
-            }
-            record["promoted_tag"] = registry.promote(artifact, metadata)
+        config = json.loads((candidate / "config.json").read_text())
+        metadata = {
+            "accuracy": challenger["accuracy"],
+            "ece": challenger["ece"],
+            "subsets": challenger["subsets"],
+            "temperature": temperature,
+            "git_commit": _git_commit(),
+            "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
+            "params_sha256": _file_digest(Path(params_file)),
+            "experiment": experiment,
+            "train": config.get("train", {}),
+            "preprocessing": config.get("preprocessing", {}).get("params", {}),
+        }
+        record["promoted_tag"] = registry.promote(candidate, metadata, companions)
     registry.log_decision(
         {
             "action": "promote",
@@ -211,10 +226,11 @@ def main(
         scorer=test_split_scorer(processed, calibration, params.evaluate),
         reference=reference,
         trust=trust,
+        experiment=os.environ.get(EXPERIMENT_ENV),
     )
     if record["verdict"] == "promote":
         console.print(f"[green]promoted[/] {record['promoted_tag']}")
-    elif record["verdict"] == "keep":
+    elif record["verdict"] in ("keep", "experiment"):
         console.print(f"[yellow]kept[/] {record['champion_tag']}: {record['detail']}")
     else:
         console.print(
