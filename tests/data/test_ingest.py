@@ -52,3 +52,43 @@ def test_missing_manifest_and_columns_are_clear(tmp_path):
     bad.write_text("sample_id,label\nx,1\n")
     with pytest.raises(ManifestError, match=r"lacks required column\(s\) \['split', 'image', 'audio', 'text'\]"):
         read_manifest(bad)
+
+
+def _ingested(tiny_dataset, tmp_path) -> bytes:
+    manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tiny_dataset)))
+    return manifest.read_bytes()
+
+
+def test_a_dangling_link_is_named_before_anything_is_written(tiny_dataset, tmp_path):
+    before = _ingested(tiny_dataset, tmp_path)
+    ghost = tiny_dataset.parent / "images" / "ghost.png"
+    ghost.symlink_to(tmp_path / "nowhere.png")
+    with open(tiny_dataset, "a") as handle:
+        handle.write("late,0,train,images/train-0-0.png,,\n")  # a change that must not half-land
+    with pytest.raises(ManifestError, match=r"ghost\.png is a link to .*nowhere\.png, which does not exist"):
+        _ingested(tiny_dataset, tmp_path)
+    assert (tmp_path / "raw" / "tiny" / "manifest.csv").read_bytes() == before
+
+
+def test_a_named_media_file_linking_outside_the_folder_is_named_as_such(tiny_dataset, tmp_path):
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((tiny_dataset.parent / "images" / "train-0-0.png").read_bytes())
+    (tiny_dataset.parent / "images" / "linked.png").symlink_to(outside)
+    with open(tiny_dataset, "a") as handle:
+        handle.write("linked,0,train,images/linked.png,,\n")
+    with pytest.raises(ManifestError, match=r"linked\.png \(named by the manifest\) links to .*outside the dataset"):
+        _ingested(tiny_dataset, tmp_path)
+    inside = tiny_dataset.parent / "images" / "inside.png"
+    inside.symlink_to(tiny_dataset.parent / "images" / "train-0-0.png")  # a link within the folder is fine
+    (tiny_dataset.parent / "images" / "linked.png").unlink()
+    with open(tiny_dataset, "a") as handle:
+        handle.write("inside,0,train,images/inside.png,,\n")
+    manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tiny_dataset)))
+    assert (manifest.parent / "images" / "inside.png").read_bytes() == inside.read_bytes()
+
+
+def test_another_dataset_left_in_raw_is_dropped(tiny_dataset, tmp_path):
+    (tmp_path / "raw" / "avdigits").mkdir(parents=True)
+    (tmp_path / "raw" / "avdigits" / "manifest.csv").write_text("old")
+    _ingested(tiny_dataset, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["tiny"]

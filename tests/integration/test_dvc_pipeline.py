@@ -91,3 +91,24 @@ def test_a_known_failure_is_told_from_a_transient_one_by_its_record_not_its_text
     with pytest.raises(StageFailed) as crashed:
         repro_stage("crash", project_copy)
     assert crashed.value.transient is True and crashed.value.known is None
+
+
+def test_a_bad_link_in_the_dataset_stops_the_pipeline_and_keeps_the_previous_raw_data(project_copy, tmp_path):
+    """A failed ingest once left data/raw deleted (DVC removes outputs before a stage runs)."""
+    raw = _tree_digest(project_copy / "data" / "raw")
+    lock = (project_copy / "dvc.lock").read_text()
+    dataset = project_copy / "data" / "external" / "tiny"
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((dataset / "images" / "train-0-0.png").read_bytes())
+    (dataset / "images" / "linked.png").symlink_to(outside)
+    with open(dataset / "manifest.csv", "a") as handle:
+        handle.write("linked,0,train,images/linked.png,,\n")
+    done = run(["dvc", "repro"], project_copy, check=False)
+    assert done.returncode != 0
+    assert "linked.png (named by the manifest) links to" in done.stdout + done.stderr
+    assert _tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
+    (dataset / "images" / "linked.png").unlink()
+    (dataset / "images" / "ghost.png").symlink_to(tmp_path / "nowhere.png")  # dangling: DVC's own hashing stops
+    done = run(["dvc", "repro"], project_copy, check=False)
+    assert done.returncode != 0 and "ghost.png" in done.stdout + done.stderr
+    assert _tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock

@@ -7,6 +7,7 @@ validate stage can report every offending row through Great Expectations.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -59,6 +60,33 @@ def unsafe_path_reason(rel: str) -> str | None:
     if ".." in PurePosixPath(rel).parts:
         return "leaves the dataset root"
     return None
+
+
+def link_problems(dataset_root: Path, media: list[str]) -> list[str]:
+    """The symbolic links in a dataset folder that cannot be ingested, one sentence each.
+
+    A dangling link anywhere in the folder (DVC hashes the whole folder and stops on it with
+    a bare "[Errno 2]"), and a media file the manifest names that links outside the folder
+    (it would be refused as if missing). Links inside the folder, and the folder itself
+    being a link, are fine.
+    """
+    root = Path(dataset_root).resolve()
+    problems = []
+    for folder, dirs, files in os.walk(root):
+        for name in sorted([*dirs, *files]):
+            path = Path(folder) / name
+            if path.is_symlink() and not path.exists():
+                problems.append(
+                    f"{path} is a link to {os.readlink(path)}, which does not exist: restore its target or remove it"
+                )
+    for rel in media:
+        path = root / rel
+        if path.is_symlink() and path.exists() and not path.resolve().is_relative_to(root):
+            problems.append(
+                f"{path} (named by the manifest) links to {path.resolve()}, outside the dataset folder {root}: "
+                "copy the file into the folder instead"
+            )
+    return problems
 
 
 def resolve_media(dataset_root: Path, rel: str) -> Path:

@@ -3,7 +3,10 @@
 avdigits is built from verified sources (fetched into <sources> first, from the network or
 $MMFUSE_DATA_MIRROR); a dataset of your own (a manifest path) is copied in, so DVC
 versions exactly the bytes the rest of the pipeline saw. Either way the new folder
-replaces the old one in one rename: a failure leaves the previous dataset untouched.
+replaces the old one in one rename, and <raw> is a persistent DVC output (DVC does not
+delete it before the stage runs): a failure leaves the previous dataset untouched. A
+dataset's inputs are checked (links that dangle or leave its folder) before anything is
+written.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import typer
 from rich.progress import track
 
 from mmfuse.data.avdigits import build_avdigits
-from mmfuse.data.manifest import dataset_manifest, dataset_name, read_manifest, unsafe_path_reason
+from mmfuse.data.manifest import dataset_manifest, dataset_name, link_problems, read_manifest, unsafe_path_reason
 from mmfuse.data.sources import fetch_all
-from mmfuse.errors import ConfigError
+from mmfuse.errors import ConfigError, ManifestError
 from mmfuse.io import atomic_dir
 from mmfuse.modality import MEDIA
 from mmfuse.params import load_params
@@ -33,9 +36,13 @@ def copy_own_dataset(manifest_path: Path, out_dir: Path) -> None:
     """
     frame = read_manifest(manifest_path)
     root = manifest_path.parent
+    media = sorted({p for col in MEDIA for p in frame[col] if p and unsafe_path_reason(p) is None})
+    problems = link_problems(root, media)
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise ManifestError(f"dataset {root} has {len(problems)} link(s) that cannot be ingested:\n  {shown}")
     with atomic_dir(out_dir) as staging:
         shutil.copyfile(manifest_path, staging / manifest_path.name)
-        media = sorted({p for col in MEDIA for p in frame[col] if p and unsafe_path_reason(p) is None})
         for rel in track(media, description=f"copying {root.name}", transient=True):
             origin = root / rel
             if origin.is_file() and origin.resolve().is_relative_to(root.resolve()):
@@ -44,7 +51,8 @@ def copy_own_dataset(manifest_path: Path, out_dir: Path) -> None:
 
 
 def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
-    """Ingest the configured dataset into raw/<name>/; return its manifest."""
+    """Ingest the configured dataset into raw/<name>/, then drop any other dataset's folder
+    from <raw> (it was the output of another configuration); return the manifest."""
     out_dir = Path(raw) / dataset_name(params)
     if params.dataset == "avdigits":
         fetch_all(Path(sources))
@@ -56,6 +64,13 @@ def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
                 f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
             )
         copy_own_dataset(manifest, out_dir)
+    for stale in Path(raw).iterdir():
+        if stale == out_dir:
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     return dataset_manifest(params, raw)
 
 
