@@ -45,7 +45,7 @@ def record(request_id: str, ts: float | None = None, prediction: str = "one") ->
 
 @pytest.fixture
 def log(tmp_path: Path):
-    log = InferenceLog(tmp_path / "inference" / "log.sqlite", max_rows=1000, queue_size=100)
+    log = InferenceLog(tmp_path / "inference" / "log.sqlite", max_rows=1000, queue_size=100, max_age_days=90)
     yield log
     log.close()
 
@@ -90,7 +90,7 @@ def test_record_does_not_wait_for_the_disk(log, monkeypatch):
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, monkeypatch):
-    log = InferenceLog(tmp_path / "log.sqlite", max_rows=1000, queue_size=2)
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=1000, queue_size=2, max_age_days=90)
     gate = threading.Event()
     write = log._write
     monkeypatch.setattr(log, "_write", lambda conn, records: (gate.wait(5), write(conn, records)))
@@ -102,12 +102,25 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, monkeypatch
 
 
 def test_retention_keeps_the_newest_rows(tmp_path):
-    log = InferenceLog(tmp_path / "log.sqlite", max_rows=5, queue_size=100)
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=5, queue_size=100, max_age_days=90)
     for i in range(12):
-        log.record(record(f"{i:032x}", ts=1000.0 + i))
+        log.record(record(f"{i:032x}", ts=time.time() - 100 + i))
         log.flush()
     log.close()
     assert read_log(log.path)["request_id"].tolist() == [f"{i:032x}" for i in range(7, 12)]
+
+
+def test_retention_drops_rows_past_the_age_limit_on_write_and_on_open(tmp_path):
+    path = tmp_path / "log.sqlite"
+    day = 86_400
+    log = InferenceLog(path, max_rows=1000, queue_size=100, max_age_days=2)
+    for i, age_days in enumerate((5, 3, 1, 0)):
+        log.record(record(f"{i:032x}", ts=time.time() - age_days * day))
+    log.flush()
+    log.close()
+    assert read_log(path)["request_id"].tolist() == [f"{i:032x}" for i in (2, 3)]
+    InferenceLog(path, max_rows=1000, queue_size=100, max_age_days=0.5).close()  # a restart with a shorter limit
+    assert read_log(path)["request_id"].tolist() == [f"{3:032x}"]
 
 
 def test_feedback_is_stored_beside_its_request(log):
@@ -118,7 +131,7 @@ def test_feedback_is_stored_beside_its_request(log):
 
 
 def test_feedback_finds_a_request_another_worker_is_still_writing(log):
-    other = InferenceLog(log.path, max_rows=1000, queue_size=100)  # a second server worker, same file
+    other = InferenceLog(log.path, max_rows=1000, queue_size=100, max_age_days=90)  # a second server worker, same file
     late = threading.Timer(0.1, lambda: (other.record(record("f" * 32, prediction="two")), other.flush()))
     late.start()
     try:
@@ -145,10 +158,10 @@ def test_since_filters_by_time_and_naive_means_utc(log):
 
 def test_the_log_survives_a_restart_and_two_writers_share_it(tmp_path):
     path = tmp_path / "log.sqlite"
-    first = InferenceLog(path, max_rows=1000, queue_size=100)
+    first = InferenceLog(path, max_rows=1000, queue_size=100, max_age_days=90)
     first.record(record("1" * 32))
     first.close()
-    second, third = (InferenceLog(path, max_rows=1000, queue_size=100) for _ in range(2))  # two worker processes
+    second, third = (InferenceLog(path, max_rows=1000, queue_size=100, max_age_days=90) for _ in range(2))  # 2 workers
     for i in range(20):
         second.record(record(f"2{i:031x}"))
         third.record(record(f"3{i:031x}"))

@@ -74,7 +74,7 @@ def log_traffic(
 ) -> None:
     """Write n requests with the real writer, then feedback (the true label) for each if asked."""
     d = draw(n, seed, shift, accuracy)
-    writer = InferenceLog(log, max_rows=100_000, queue_size=10_000)
+    writer = InferenceLog(log, max_rows=100_000, queue_size=10_000, max_age_days=90)
     ids = [uuid.uuid4().hex for _ in range(n)]
     for i, request_id in enumerate(ids):
         writer.record(
@@ -117,7 +117,8 @@ def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
     return tmp_path, tmp_path / "log.sqlite", reference_file(tmp_path / "reference.parquet")
 
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# Yesterday, on the hour: within the log's age limit.
+T0 = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 
 def check(project: Path, log: Path, ref: Path, trigger: Counter, at: datetime, params: MonitorParams = PARAMS):

@@ -12,8 +12,10 @@ Why this shape:
   has queued into one transaction. When the
   queue is full (the disk cannot keep up) records are dropped and counted rather than
   slowing or failing predictions: the log is for monitoring, the answer is for the user.
-- Retention by row count (`serve.log_max_rows`): the oldest rows go first, so the file
-  cannot grow without bound on a long-running server.
+- Retention by row count (`serve.log_max_rows`) and by age (`serve.log_max_age_days`):
+  the oldest rows go first, so the file cannot grow without bound on a long-running
+  server, and nothing is kept longer than the age limit (pruned when the log opens and
+  with every write).
 - Input statistics are computed from the preprocessed tensors by `input_statistics`, a
   pure function the drift reference can apply to the processed splits, so live and
   reference statistics are measured the same way.
@@ -100,6 +102,7 @@ _COLUMNS = (
 )
 _INSERT = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _PRUNE = "DELETE FROM inference WHERE rowid <= (SELECT MAX(rowid) FROM inference) - ?"
+_EXPIRE = "DELETE FROM inference WHERE ts < ?"
 
 
 def log_path() -> Path:
@@ -194,12 +197,19 @@ def ensure_schema(path: Path) -> None:
 class InferenceLog:
     """Asynchronous appender for one log file; `record` never blocks and never raises."""
 
-    def __init__(self, path: Path, max_rows: int, queue_size: int) -> None:
+    def __init__(self, path: Path, max_rows: int, queue_size: int, max_age_days: float) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
+        self.max_age_s = max_age_days * 86_400
         self.dropped = 0  # records refused because the queue was full
         self.failed = 0  # records lost to an SQLite error
         ensure_schema(self.path)
+        conn = _connect(self.path)
+        try:
+            with conn:
+                conn.execute(_EXPIRE, (time.time() - self.max_age_s,))
+        finally:
+            conn.close()
         self._queue: queue.Queue[LogRecord | threading.Event | None] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
@@ -302,6 +312,7 @@ class InferenceLog:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(_INSERT, rows)
                 conn.execute(_PRUNE, (self.max_rows,))
+                conn.execute(_EXPIRE, (time.time() - self.max_age_s,))
         except sqlite3.Error:
             self.failed += len(rows)
             logger.exception("inference log: %d records could not be written to %s", len(rows), self.path)

@@ -25,4 +25,5 @@ class ServeParams(Section):
     max_field_bytes: int = Field(65_536, ge=1024)  # one non-file multipart field (the text)
     timeout_s: int = Field(30, ge=1)  # a request still running after this gets 504
     log_max_rows: int = Field(1_000_000, ge=1)  # inference log retention: the oldest rows go first
+    log_max_age_days: float = Field(90.0, gt=0)  # ... and rows older than this go too (raw inputs are never kept)
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the log writer; beyond it they are dropped

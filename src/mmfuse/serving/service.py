@@ -73,7 +73,7 @@ class MMFuse:
         stored = self.champion
         self.predictor = Predictor(Path(stored.path), str(stored.tag))
         self.labels = frozenset(self.predictor.labels)
-        self.log = InferenceLog(log_path(), SERVE.log_max_rows, SERVE.log_queue_size)
+        self.log = InferenceLog(log_path(), SERVE.log_max_rows, SERVE.log_queue_size, SERVE.log_max_age_days)
         histogram = _batch_size_histogram()
         self.batcher = AdaptiveBatcher(
             self.predictor.forward, SERVE.max_batch_size, SERVE.batch_wait_ms / 1000, on_batch=histogram.observe
