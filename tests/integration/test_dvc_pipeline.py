@@ -6,15 +6,21 @@ import csv
 import hashlib
 import io
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from project_tools import run
 
+from mmfuse.errors import MMFuseError
+from mmfuse.inference import registry
 from mmfuse.models.artifact import load_model
-from mmfuse.orchestration.dvc import StageFailed, repro_stage, run_experiment
+from mmfuse.orchestration.dvc import StageFailed, repro_stage, repromote, run_experiment
 from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
@@ -112,3 +118,50 @@ def test_a_bad_link_in_the_dataset_stops_the_pipeline_and_keeps_the_previous_raw
     done = run(["dvc", "repro"], project_copy, check=False)
     assert done.returncode != 0 and "ghost.png" in done.stdout + done.stderr
     assert _tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
+
+
+def _readme_way_back() -> str:
+    """The README's command back to the commit after an experiment, so the two cannot drift apart."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return next(line.split("#")[0].strip() for line in readme.splitlines() if line.startswith("git checkout -- ."))
+
+
+def _wipe_store() -> None:
+    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
+
+
+def test_an_experiment_decides_but_never_promotes(project_copy):
+    """`dvc exp run` once wrote its model into the store as champion, with HEAD's lineage."""
+    _wipe_store()  # so the experiment's model would be a first champion: only the guard stops it
+    run_experiment({"train.fusion": "gated"}, project_copy, name="gated")
+    decision = json.loads((project_copy / "reports" / "promotion" / "decision.json").read_text())
+    assert decision["verdict"] == "experiment" and decision["experiment"] == "gated" and decision["failed_gates"] == []
+    assert registry.champion() is None
+    assert registry.history()[-1]["verdict"] == "experiment"
+
+
+def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_promote_reruns_alone(project_copy):
+    models = _tree_digest(project_copy / "models" / "candidate")
+    run_experiment({"train.fusion": "concat"}, project_copy, name="concat")
+    assert _tree_digest(project_copy / "models" / "candidate") != models
+    shutil.rmtree(project_copy / ".dvc" / "cache")  # as if dvc.lock had been committed from another machine
+    done = subprocess.run(
+        ["bash", "-c", _readme_way_back()],
+        cwd=project_copy,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "up to date" in run(["dvc", "status"], project_copy).stdout
+    assert _tree_digest(project_copy / "models" / "candidate") == models
+    # promote alone: nothing above it reruns
+    _wipe_store()
+    output = repromote(project_copy).output
+    assert re.findall(r"Running stage '(\w+)'", output) == ["promote"]
+    assert registry.champion() is not None
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["evaluate"]["ece_bins"] += 1
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(MMFuseError, match="evaluate changed since the last run"):
+        repromote(project_copy)
