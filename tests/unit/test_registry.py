@@ -166,3 +166,23 @@ def test_a_torn_last_line_of_the_decision_log_is_skipped(tmp_path):
     with open(registry.decision_log(), "a") as handle:
         handle.write('{"action": "prom')  # a crash mid-append
     assert [r["action"] for r in registry.history()] == ["promote"]
+
+
+def test_champion_show_names_incomplete_versions_and_the_failed_gates_of_a_rejection(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfuse.cli import app
+
+    first = registry.promote(_artifact(tmp_path, "a"), {"accuracy": 91.0})
+    registry.log_decision({"action": "promote", "verdict": "reject", "failed_gates": ["beats_champion", "max_ece"]})
+    second = registry.promote(_artifact(tmp_path, "b"), {"accuracy": 92.0})
+    (Path(bentoml.models.get(second).path) / "config.json").unlink()  # as an interrupted copy leaves it
+    shown = CliRunner().invoke(app, ["champion", "show"], terminal_width=200)
+    assert f"incomplete {second}" in shown.output and "mmfuse champion clean" in shown.output
+    assert shown.exit_code != 0  # its latest is incomplete: no champion is shown as if it were whole
+    cleaned = CliRunner().invoke(app, ["champion", "clean"], terminal_width=200)
+    assert cleaned.exit_code == 0 and second in cleaned.output
+    shown = CliRunner().invoke(app, ["champion", "show"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    assert f"champion {first}" in shown.output and "failed: beats_champion, max_ece" in shown.output
+    assert "incomplete" not in shown.output
