@@ -25,6 +25,22 @@ class ValidationFailed(MMFuseError):
     """A critical data expectation failed; the pipeline must not go on with this data."""
 
 
+class NonFiniteError(MMFuseError):
+    """A loss, gradient or model output is NaN or infinite: numbers no one may act on.
+
+    `where` names what went non-finite ("loss", "gradient", "probabilities"), so callers
+    (training, the service, monitoring) can report it without parsing the message.
+    """
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message, where)
+        self.message = message
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class MediaError(MMFuseError):
     """A media file or payload cannot be decoded or is out of the accepted range.
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from payloads import bomb_png, truncated_wav
+from safetensors.torch import load_file, save_file
 from starlette.testclient import TestClient
 from test_service_support import LABELS, TEMPERATURE, build_artifact, png, promoted_champion, running, tiny_state, wav
 
@@ -392,3 +393,18 @@ def test_log_path_defaults_under_the_working_dir(monkeypatch):
 
     monkeypatch.delenv(LOG_ENV, raising=False)
     assert log_path() == Path("data/inference/log.sqlite")
+
+
+def test_a_model_answering_nan_gets_a_500_naming_the_model_never_a_nan(tmp_path):
+    artifact = build_artifact(tmp_path / "nan")
+    weights = load_file(str(artifact / "model.safetensors"))
+    head = "head.classifier.3.weight"  # the fusion head's last layer
+    weights[head] = torch.full_like(weights[head], float("nan"))  # a diverged or corrupt champion
+    save_file(weights, str(artifact / "model.safetensors"))
+    with running(tmp_path / "log.sqlite", champion=artifact) as client:
+        response = predict(client, image=True, audio=True, text="one")
+        assert response.status_code == 500, response.text
+        body = response.json()
+        assert body["detail"][0]["loc"] == ["model"] and "non-finite probabilities" in body["error"]
+        assert "NaN" not in response.text and client.get("/livez").status_code == 200
+    promoted_champion()  # the tiny champion again, for the tests after this one

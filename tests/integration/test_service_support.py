@@ -109,10 +109,14 @@ def promoted_champion() -> str:
 
 
 @contextmanager
-def running(log: Path, token: str | None = None) -> Iterator[TestClient]:
+def running(log: Path, token: str | None = None, champion: Path | None = None) -> Iterator[TestClient]:
     """One app instance of the service (its lifespan runs: start-up loads the champion, shutdown
-    flushes the inference log), logging to `log`, with auth on when `token` is given."""
-    promoted_champion()
+    flushes the inference log), logging to `log`, with auth on when `token` is given. The
+    champion is the tiny test model, or the artifact `champion` when given (promoted first)."""
+    if champion is None:
+        promoted_champion()
+    else:
+        registry.promote(champion, {"source": "service tests"})
     with pytest.MonkeyPatch.context() as patch:
         # BentoML registers its request metrics per app in the process-wide Prometheus registry,
         # so a second in-process app would collide; /metrics is tested on the real server.

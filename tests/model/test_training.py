@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import mmfuse
-from mmfuse.errors import ConfigError, MMFuseError
+from mmfuse.errors import ConfigError, MMFuseError, NonFiniteError
 from mmfuse.evaluation.subsets import evaluate_subsets, load_models
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model
@@ -150,6 +151,28 @@ def test_a_checkpoint_of_other_code_is_not_resumed(processed_dir, tiny_params, t
     assert (tmp_path / "run" / "model" / "model.safetensors").read_bytes() == (
         tmp_path / "fresh" / "model" / "model.safetensors"
     ).read_bytes()
+
+
+def test_a_nan_stops_training_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    processed_dir, tiny_params, reference, tmp_path
+) -> None:
+    with pytest.raises(_Crash):
+        _train(processed_dir, tmp_path, tiny_params, epoch_hook=_crash_after(2))
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(processed_dir, poisoned)
+    tensors = load_file(str(poisoned / "train.safetensors"))
+    tensors["image"][17, 0, 3, 3] = float("nan")
+    with safe_open(str(processed_dir / "train.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    save_file(tensors, str(poisoned / "train.safetensors"), metadata=metadata)
+    with pytest.raises(NonFiniteError, match=r"the loss became non-finite at epoch 1, step \d+") as stopped:
+        _train(poisoned, tmp_path, tiny_params)
+    assert stopped.value.where == "loss" and "train.lr" in str(stopped.value)
+    state = torch.load(tmp_path / "ckpt" / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "model").exists()
+    _train(processed_dir, tmp_path, tiny_params)  # the clean data resumes the good checkpoint
+    assert _files(tmp_path) == _files(reference[0])
 
 
 def test_artifact_round_trip_without_pickle(processed_dir, reference) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord
+from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord, read_log
 from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
+from mmfuse.monitoring.log_checks import check_log
 from mmfuse.monitoring.reference import read_reference, write_reference
 from mmfuse.monitoring.state import load_state
 from mmfuse.params.monitor import MonitorParams
@@ -227,3 +228,19 @@ def test_a_failing_sensor_is_reported_apart_from_drift(setup):
     assert "Sensor failing: audio" in summary_markdown(result)
     calm = check(project, log, ref, Counter(), T0 + timedelta(hours=2))  # nothing new since: not judged
     assert calm.status == "insufficient_data"
+
+
+def test_nan_and_inf_in_logged_confidences_embeddings_and_probabilities_fail_the_log_suite(setup):
+    _, log, ref = setup
+    log_traffic(log, 60, seed=9, start=T0)
+    window = read_log(log)
+    assert check_log(window, read_reference(ref), PARAMS.modality_tolerance)["success"]
+    window.loc[3, "confidence"] = float("nan")
+    window.at[5, "embedding"] = np.where(np.arange(DIM) == 0, np.inf, window.at[5, "embedding"]).astype(np.float32)
+    window.at[7, "probabilities"] = {**window.at[7, "probabilities"], "one": float("nan")}
+    failed = check_log(window, read_reference(ref), PARAMS.modality_tolerance)["failed"]
+    assert failed == [
+        "expect_column_values_to_not_be_null(confidence)",
+        "expect_column_values_to_be_in_set(embedding_finite)",
+        "expect_column_values_to_be_in_set(probabilities_finite)",
+    ]

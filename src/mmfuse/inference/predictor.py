@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from mmfuse.data.manifest import text_given
-from mmfuse.errors import MediaError, MMFuseError
+from mmfuse.errors import MediaError, MMFuseError, NonFiniteError
 from mmfuse.inference.log import input_statistics
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model, read_temperature
@@ -195,7 +195,17 @@ class Predictor:
         ]
 
     def explain(self, sample: PreparedSample, scores: Scores, request_id: str) -> Prediction:
-        """The response for one sample: label, probabilities, and each used modality's contribution."""
+        """The response for one sample: label, probabilities, and each used modality's contribution.
+
+        Raises NonFiniteError rather than answer NaN or infinite probabilities (a corrupt or
+        diverged model): a number no client can act on must never look like an answer.
+        """
+        if not torch.isfinite(scores.probabilities).all():
+            raise NonFiniteError(
+                f"the model {self.version} produced non-finite probabilities for this input; the request is "
+                "logged as failed. Roll back the champion (`mmfuse champion rollback`) if every request fails.",
+                "probabilities",
+            )
         best = int(torch.argmax(scores.probabilities))
         trusted = {m: bool(scores.trusted[self.modalities.index(m)]) for m in sample.used}
         used = [m for m in sample.used if trusted[m]]

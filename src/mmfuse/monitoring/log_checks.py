@@ -1,4 +1,6 @@
-"""Great Expectations over one window of logged traffic: schema, value ranges, modality mix.
+"""Great Expectations over one window of logged traffic: schema, value ranges, modality mix,
+and finite numbers (a NaN confidence slips through a range check, which skips nulls, so
+confidences must also be non-null, and embeddings and probabilities all finite).
 
 A failed expectation is reported beside the drift result rather than raised: bad inputs
 are a fact about the traffic, and the monitoring flow must still finish its report.
@@ -10,6 +12,7 @@ from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -30,7 +33,10 @@ def _expectations(labels: list[str], shares: dict[str, float], tolerance: float)
     checks += [
         gxe.ExpectColumnValuesToNotBeNull(column="prediction"),
         gxe.ExpectColumnValuesToBeInSet(column="prediction", value_set=labels),
+        gxe.ExpectColumnValuesToNotBeNull(column="confidence"),
         gxe.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, max_value=1.0),
+        gxe.ExpectColumnValuesToBeInSet(column="embedding_finite", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="probabilities_finite", value_set=[True]),
         gxe.ExpectColumnValuesToBeBetween(column="text_unk_share", min_value=0.0, max_value=1.0),
         gxe.ExpectColumnValuesToBeBetween(column="modalities", min_value=1, max_value=len(FLAGS)),
     ]
@@ -44,12 +50,21 @@ def _expectations(labels: list[str], shares: dict[str, float], tolerance: float)
     return checks
 
 
+def _all_finite(rows: list[Any]) -> list[bool]:
+    """Per row: every number finite (one vectorised test over the window, not a loop per value)."""
+    if not rows:
+        return []
+    return np.isfinite(np.asarray(rows, dtype=np.float64)).all(axis=1).tolist()
+
+
 def check_log(window: pd.DataFrame, reference: pd.DataFrame, tolerance: float) -> dict[str, Any]:
     """Validate `window` (read_log rows); labels and modality shares come from the reference.
 
     Returns {"success": bool, "failed": [...], "results": [...]} in plain JSON types.
     """
     table = window.drop(columns=[c for c in ("embedding", "probabilities") if c in window.columns]).copy()
+    table["embedding_finite"] = _all_finite(window["embedding"].to_list())
+    table["probabilities_finite"] = _all_finite([list(p.values()) for p in window["probabilities"]])
     for flag in FLAGS:
         table[flag] = table[flag].astype(float)
     table["modalities"] = table[list(FLAGS)].sum(axis=1)

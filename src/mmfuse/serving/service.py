@@ -22,6 +22,7 @@ a restart (or a rebuilt bento), so one server process never mixes two models.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from functools import lru_cache
@@ -32,6 +33,7 @@ import anyio
 import bentoml
 import torch
 
+from mmfuse.errors import NonFiniteError
 from mmfuse.inference.log import InferenceLog, LogRecord, log_path
 from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
@@ -40,6 +42,8 @@ from mmfuse.serving.api import PROTECTED, SERVE, FeedbackResponse, ServiceBindin
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
 from mmfuse.serving.http import BodySizeLimit, Loc, Problem, RequestRejected
+
+logger = logging.getLogger(__name__)
 
 # InputProblem kinds -> status: nothing usable given / bad media content / a modality this model lacks.
 STATUS = {"missing": 400, "media": 422, "unsupported": 422}
@@ -129,7 +133,11 @@ class MMFuse:
         now = time.time()
         predictions = []
         for sample, score in zip(prepared, scores):
-            prediction = self.predictor.explain(sample, score, uuid.uuid4().hex)
+            try:
+                prediction = self.predictor.explain(sample, score, uuid.uuid4().hex)
+            except NonFiniteError as exc:
+                logger.error("refused to answer: %s", exc)
+                raise RequestRejected(500, [Problem(("model",), str(exc), "non_finite_output")]) from exc
             self.log.record(
                 LogRecord(
                     request_id=prediction.request_id,

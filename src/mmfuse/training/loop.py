@@ -3,6 +3,11 @@
 A run killed at any point resumes from its checkpoint and ends bit-identical to an
 uninterrupted run, because all the randomness of an epoch is derived from (seed, epoch)
 rather than carried over in RNG state.
+
+A NaN or infinite loss or gradient stops training at once with NonFiniteError, before the
+optimizer applies it: the checkpoint on disk stays the last good epoch's, and a rerun with
+a fixed cause (a lower train.lr, clean data) does not resume from it because its params or
+data differ. Checking costs one gradient norm per step (`torch.nn.utils.get_total_norm`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mmfuse.errors import ConfigError, MMFuseError
+from mmfuse.errors import ConfigError, MMFuseError, NonFiniteError
 from mmfuse.io import atomic_file
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, subset_name
 from mmfuse.models.data import Split
@@ -107,6 +112,7 @@ def fit(
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                _check_finite(name, state["epoch"] + 1, step + 1, loss, trainable)
                 optimizer.step()
                 scheduler.step()
                 total += loss.detach().double()
@@ -145,6 +151,22 @@ def fit(
         raise MMFuseError(f"{name}: the validation loss was never finite (training diverged); lower train.lr.")
     model.load_state_dict(state["best_model"])
     return model.eval(), state, epoch_seconds
+
+
+def _check_finite(name: str, epoch: int, step: int, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> None:
+    """Stop before a NaN or infinite loss or gradient reaches the weights."""
+    where = None
+    if not torch.isfinite(loss):
+        where = "loss"
+    elif not torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])):
+        where = "gradient"
+    if where is not None:
+        raise NonFiniteError(
+            f"{name}: the {where} became non-finite at epoch {epoch}, step {step}; training stopped and the "
+            "checkpoint of the last finished epoch is kept. Lower train.lr (or train.warmup_fraction), or look "
+            "for NaN/inf in the processed data.",
+            where,
+        )
 
 
 def write_curve(path: Path, history: list[dict[str, float]]) -> None:
