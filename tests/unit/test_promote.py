@@ -27,7 +27,8 @@ def scores(accuracy: float = 92.0, ece: float = 0.02, **subsets: float) -> dict:
 def test_first_promotion_passes_on_absolute_gates():
     decision = decide(scores(), None, True, PARAMS)
     assert decision["verdict"] == "promote" and decision["first_promotion"]
-    assert {g["gate"] for g in decision["gates"]} == {"validation", "min_accuracy", "max_ece"}
+    floors = {f"floor:subset:{name}" for name in SUBSETS}
+    assert {g["gate"] for g in decision["gates"]} == {"validation", "min_accuracy", "max_ece", *floors}
 
 
 @pytest.mark.parametrize(
@@ -49,6 +50,36 @@ def test_challenger_must_beat_champion_by_the_margin():
     decision = decide(scores(accuracy=92.0), scores(accuracy=91.5), True, PromoteParams(margin=1.0))
     assert decision["failed_gates"] == ["beats_champion"]
     assert decide(scores(accuracy=92.0), scores(accuracy=91.5), True, PARAMS)["verdict"] == "promote"
+
+
+def test_a_simpler_model_as_good_as_the_challenger_is_named_and_wins():
+    """ML Test Score M5: the late-fusion reference scored 93.15 beside the fusion model's 93.1."""
+    baselines = {"late_fusion": 93.15, "image+audio": 89.5}
+    decision = decide(scores(accuracy=93.1), None, True, PARAMS, baselines)
+    assert decision["verdict"] == "reject" and decision["failed_gates"] == ["beats_baseline:late_fusion"]
+    assert decision["simpler_model"] == "late_fusion" and "the simpler model late_fusion" in decision["detail"]
+    gate = next(g for g in decision["gates"] if g["gate"] == "beats_baseline:image+audio")
+    assert gate["passed"] and gate["value"] == 93.1 and gate["threshold"] == 89.5
+    assert decide(scores(accuracy=93.2), None, True, PARAMS, baselines)["verdict"] == "promote"
+    margin = PARAMS.model_copy(update={"baseline_margin": 0.5})
+    failed = decide(scores(accuracy=93.2), None, True, margin, baselines)["failed_gates"]
+    assert failed == ["beats_baseline:late_fusion"]
+
+
+def test_slice_floors_apply_at_the_first_promotion_too():
+    challenger = scores(accuracy=93.0, text=25.0) | {
+        "classes": {"zero": 95.0, "one": 79.5},
+        "speakers": {"george": 96.0, "theo": 70.0},
+    }
+    decision = decide(challenger, None, True, PARAMS)
+    assert decision["first_promotion"] and decision["verdict"] == "reject"
+    assert decision["failed_gates"] == ["floor:subset:text", "floor:class:one", "floor:speaker:theo"]
+    per_subset = PARAMS.model_copy(update={"subset_floors": {"text": 20.0, "image": 65.0}})
+    assert decide(challenger, None, True, per_subset)["failed_gates"] == [
+        "floor:subset:image",
+        "floor:class:one",
+        "floor:speaker:theo",
+    ]
 
 
 def test_a_subset_regression_beyond_tolerance_fails():
@@ -81,6 +112,7 @@ def run_promotion(
     decision: Path,
     reference: Path | None = None,
     experiment: str | None = None,
+    evaluation: Path | None = None,
 ) -> dict:
     return run(
         candidate=candidate,
@@ -92,6 +124,7 @@ def run_promotion(
         reference=reference,
         experiment=experiment,
         params_file=calibration.parent / "params.yaml",
+        evaluation=evaluation,
     )
 
 
@@ -196,3 +229,25 @@ def test_an_experiment_decides_but_does_not_promote_unless_asked(stage_inputs):
     lineage = registry.champion().info.metadata
     assert lineage["experiment"] == "wide" and lineage["train"] == {"fusion": "gated", "lr": 0.003}
     assert lineage["params_sha256"] == hashlib.sha256((tmp_path / "params.yaml").read_bytes()).hexdigest()
+
+
+def test_the_stage_takes_baselines_and_speakers_from_the_evaluate_metrics(stage_inputs):
+    tmp_path, calibration, summary = stage_inputs
+    evaluation = tmp_path / "evaluate.json"
+    models = {"fused": 92.0, "late_fusion": 92.5, "audio": 70.0, "image+audio": 89.0}
+    evaluation.write_text(
+        json.dumps(
+            {
+                "models": {name: {"accuracy": acc} for name, acc in models.items()},
+                "speakers": {"george": {"fused": 95.0}, "theo": {"fused": 79.0}},
+            }
+        )
+    )
+    scorer = lambda artifact: scores(accuracy=92.0)  # noqa: E731
+    candidate = _candidate(tmp_path / "a", b"A")
+    record = run_promotion(candidate, calibration, summary, scorer, PARAMS, tmp_path / "d.json", evaluation=evaluation)
+    assert record["verdict"] == "reject" and registry.champion() is None
+    assert record["baselines"] == {"image+audio": 89.0, "late_fusion": 92.5}
+    assert record["simpler_model"] == "late_fusion"
+    assert record["failed_gates"] == ["beats_baseline:late_fusion", "floor:speaker:theo"]
+    assert json.loads((tmp_path / "d.json").read_text())["gates"] == record["gates"]

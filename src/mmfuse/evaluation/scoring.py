@@ -24,20 +24,29 @@ def score_artifact(
     temperature: float | None = None,
     params: EvaluateParams = EvaluateParams(),
 ) -> dict[str, Any]:
-    """{"accuracy": %, "subsets": {name: %}, "ece": float} of one artifact on one split.
+    """{"accuracy": %, "subsets": {name: %}, "classes": {label: recall %}, "ece": float} of one
+    artifact on one split.
 
     For the promote stage: the challenger and the champion are re-scored by the same code
     on the same data. `temperature` (the artifact's calibration.json) scales the logits
     before the ECE, as serving does; accuracies do not depend on it.
     """
-    model, _ = load_model(Path(artifact_dir))
+    model, config = load_model(Path(artifact_dir))
     data = load_split(processed_dir, split).with_any(model.columns)
     with deterministic(params.threads):
         subsets = subset_scores(model, data, params.batch_size)["subsets"]
         logits = model_logits(model, data.tensors, params.batch_size).double().numpy()
     probs = softmax(logits / (temperature or 1.0), axis=1)
+    labels = data.tensors["label"].numpy()
+    hits = probs.argmax(axis=1) == labels
+    classes = {
+        str(name): round(100.0 * float(hits[labels == k].mean()), 4)
+        for k, name in enumerate(config["labels"])
+        if (labels == k).any()
+    }
     return {
         "accuracy": round(subsets[subset_name(model.spec.modalities)]["accuracy"], 4),
         "subsets": {name: round(s["accuracy"], 4) for name, s in subsets.items()},
+        "classes": classes,
         "ece": round(expected_calibration_error(probs, data.tensors["label"].numpy(), params.ece_bins), 6),
     }

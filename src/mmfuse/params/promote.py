@@ -16,3 +16,8 @@ class PromoteParams(Section):
     max_ece: float = Field(0.05, ge=0, le=1)  # calibration error ceiling, after temperature scaling
     require_validation: bool = True  # the validate stage must have passed for this data
     from_experiments: bool = False  # a `dvc exp run` decides but never publishes a champion, unless set
+    baseline_margin: float = 0.0  # must reach the best dedicated model and the late-fusion reference + this (points)
+    min_subset_accuracy: float = Field(30.0, ge=0, le=100)  # floor for every modality subset (percent)
+    subset_floors: dict[str, float] = {}  # per-subset floors replacing min_subset_accuracy, e.g. {"image": 60}
+    min_class_accuracy: float = Field(80.0, ge=0, le=100)  # floor for each class's recall (percent)
+    min_speaker_accuracy: float = Field(80.0, ge=0, le=100)  # floor per speaker, where the data names speakers

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import typer
 
+from mmfuse.evaluation.predict import FUSED, REFERENCE
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
 from mmfuse.io import write_json
@@ -39,10 +40,67 @@ def _gate(name: str, value: Any, threshold: Any, passed: bool, detail: str) -> d
     return {"gate": name, "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail}
 
 
+def _floor_gates(challenger: Scores, params: PromoteParams) -> list[dict[str, Any]]:
+    """Absolute floors per modality subset, class and speaker: checked at every promotion, the first included."""
+    gates = [
+        _gate(
+            f"floor:subset:{name}",
+            value,
+            floor,
+            value >= floor,
+            "modality subset accuracy at or above its floor (promote.subset_floors, else min_subset_accuracy)",
+        )
+        for name, value in sorted(challenger["subsets"].items())
+        for floor in [params.subset_floors.get(name, params.min_subset_accuracy)]
+    ]
+    slices = (("class", "classes", params.min_class_accuracy), ("speaker", "speakers", params.min_speaker_accuracy))
+    for kind, key, floor in slices:
+        gates += [
+            _gate(f"floor:{kind}:{name}", value, floor, value >= floor, f"{kind} accuracy >= min_{kind}_accuracy")
+            for name, value in sorted(challenger.get(key, {}).items())
+        ]
+    return gates
+
+
+def _baseline_gates(accuracy: float, baselines: dict[str, float], params: PromoteParams) -> list[dict[str, Any]]:
+    """The challenger against the simpler models it must beat: the best dedicated model and the late-fusion
+    reference of the unimodal models (ML Test Score M5: a simpler model that does as well wins)."""
+    return [
+        _gate(
+            f"beats_baseline:{name}",
+            accuracy,
+            round(theirs + params.baseline_margin, 4),
+            accuracy >= theirs + params.baseline_margin,
+            "accuracy >= this simpler model's + promote.baseline_margin",
+        )
+        for name, theirs in sorted(baselines.items())
+    ]
+
+
+def simpler_baselines(evaluation: dict[str, Any]) -> dict[str, float]:
+    """From the evaluate stage's metrics: the best dedicated (unimodal or pair) model and the late-fusion reference."""
+    models = {name: m["accuracy"] for name, m in evaluation["models"].items() if name != FUSED}
+    dedicated = {name: acc for name, acc in models.items() if name != REFERENCE}
+    found = {REFERENCE: models[REFERENCE]} if REFERENCE in models else {}
+    if dedicated:
+        best = max(dedicated, key=dedicated.get)
+        found[best] = dedicated[best]
+    return found
+
+
 def decide(
-    challenger: Scores, champion: Scores | None, validation_passed: bool, params: PromoteParams
+    challenger: Scores,
+    champion: Scores | None,
+    validation_passed: bool,
+    params: PromoteParams,
+    baselines: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every gate (never stopping at the first failure) and return the verdict."""
+    """Evaluate every gate (never stopping at the first failure) and return the verdict.
+
+    `challenger` may carry "classes" and "speakers" ({name: accuracy}) beside "subsets":
+    each gets its floor. `baselines` ({simpler model: accuracy}) must be beaten by the
+    margin; when one is not, the record names it as `simpler_model`.
+    """
     gates = []
     if params.require_validation:
         gates.append(
@@ -84,15 +142,27 @@ def decide(
                     "no modality subset worse than the champion by more than the tolerance",
                 )
             )
+    gates += _baseline_gates(accuracy, baselines or {}, params)
+    gates += _floor_gates(challenger, params)
     failed = [g["gate"] for g in gates if not g["passed"]]
-    return {
+    record = {
         "verdict": "reject" if failed else "promote",
         "first_promotion": champion is None,
         "failed_gates": failed,
         "gates": gates,
         "challenger": challenger,
         "champion": champion,
+        "baselines": baselines or {},
     }
+    beaten_by = [name for name in failed if name.startswith("beats_baseline:")]
+    if beaten_by:
+        simpler = max((name.split(":", 1)[1] for name in beaten_by), key=lambda name: baselines[name])
+        record["simpler_model"] = simpler
+        record["detail"] = (
+            f"the simpler model {simpler} ({baselines[simpler]} %) is as good as the challenger ({accuracy} %) "
+            "within promote.baseline_margin: prefer it, or improve the fusion model"
+        )
+    return record
 
 
 def _git_commit() -> str:
@@ -128,6 +198,7 @@ def run(
     trust: Path | None = None,
     experiment: str | None = None,
     params_file: Path = Path("params.yaml"),
+    evaluation: Path | None = None,
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer`, decide, and promote on success.
 
@@ -135,6 +206,8 @@ def run(
     its calibration and, when given, its trust and the drift reference profile built from it. The
     decision record goes to `decision` whatever the verdict. Inside the experiment `experiment`
     a passing challenger is held back (verdict "experiment") unless `params.from_experiments`.
+    `evaluation` (the evaluate stage's metrics of this candidate) supplies the simpler
+    models the challenger must beat and its per-speaker accuracies, which get floors.
     The lineage stored with a champion names what was trained: the experiment, the digest
     of the params file the run read and the candidate's own training params.
     """
@@ -144,12 +217,17 @@ def run(
     temperature = read_temperature(candidate, calibration_path)
     validation_passed = bool(json.loads(Path(validation).read_text()).get("success"))
     challenger = scorer(candidate)
+    baselines = None
+    if evaluation is not None:
+        evaluated = json.loads(Path(evaluation).read_text())
+        baselines = simpler_baselines(evaluated)
+        challenger["speakers"] = {name: s["fused"] for name, s in evaluated.get("speakers", {}).items()}
     current = registry.champion()
     changed = _changed_files(Path(current.path), candidate, companions) if current is not None else None
     same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
     champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
-    record = decide(challenger, champion_scores, validation_passed, params)
+    record = decide(challenger, champion_scores, validation_passed, params, baselines)
     record["champion_tag"] = str(current.tag) if current is not None else None
     if same_weights and not changed:
         record.update(
@@ -213,6 +291,7 @@ def main(
     validation: Path = typer.Option(..., help="The validate stage's summary: promotion requires it passed."),
     reference: Path = typer.Option(..., help="The drift reference that travels with the champion."),
     trust: Path = typer.Option(..., help="The challenger's trust.safetensors (the evaluate stage's)."),
+    evaluation: Path = typer.Option(..., help="The evaluate stage's metrics: baselines to beat, per-speaker results."),
     decision: Path = typer.Option(..., help="Where the decision record goes."),
 ) -> None:
     """Stage 7: challenger vs champion through the gates; the winner becomes the champion."""
@@ -227,6 +306,7 @@ def main(
         reference=reference,
         trust=trust,
         experiment=os.environ.get(EXPERIMENT_ENV),
+        evaluation=evaluation,
     )
     if record["verdict"] == "promote":
         console.print(f"[green]promoted[/] {record['promoted_tag']}")
