@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mmfuse.inference import registry
 from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord, read_log
 from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
 from mmfuse.monitoring.log_checks import check_log
@@ -244,3 +245,18 @@ def test_nan_and_inf_in_logged_confidences_embeddings_and_probabilities_fail_the
         "expect_column_values_to_be_in_set(embedding_finite)",
         "expect_column_values_to_be_in_set(probabilities_finite)",
     ]
+
+
+def test_the_champion_age_is_reported_and_flagged_stale_past_the_limit(setup, tmp_path):
+    project, log, ref = setup
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "model.safetensors").write_bytes(b"weights")
+    tag = registry.promote(artifact, {"source": "monitoring test"})
+    created = registry.champion().info.creation_time
+    fresh = check(project, log, ref, Counter(), created + timedelta(days=2)).summary
+    assert fresh["champion"]["tag"] == tag and 1.9 < fresh["champion"]["age_days"] < 2.1
+    assert fresh["champion_stale"] is False
+    old = check(project, log, ref, Counter(), created + timedelta(days=PARAMS.max_champion_age_days + 1))
+    assert old.status == "insufficient_data" and old.summary["champion_stale"] is True  # no traffic needed
+    assert f"**Champion stale**: {tag}" in summary_markdown(old)

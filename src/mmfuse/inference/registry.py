@@ -118,6 +118,12 @@ def champion() -> bentoml.Model | None:
     return model
 
 
+def version(tag: str) -> bentoml.Model | None:
+    """One complete version by tag, None when the store lacks it or it is incomplete."""
+    model = _load(tag)
+    return model if model is not None and not missing_files(model) else None
+
+
 def versions() -> list[bentoml.Model]:
     """Every complete version the store holds, oldest first."""
     found = [m for m in map(_load, map(_tag, _version_dirs())) if m is not None and not missing_files(m)]
@@ -263,8 +269,8 @@ def rollback(to: str | None = None) -> str:
                     "to. `mmfuse champion rollback --to TAG` restores any version `mmfuse champion show` lists."
                 )
         to = to if ":" in to else f"{MODEL_NAME}:{to}"
-        target = _load(to)
-        if target is None or missing_files(target):
+        target = version(to)
+        if target is None:
             raise RegistryError(f"{to} is no complete version in the model store: `mmfuse champion show` lists them.")
         origin = lineage(target)
         original = _load(origin)

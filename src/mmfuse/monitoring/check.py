@@ -85,6 +85,26 @@ def default_log(project: Path) -> Path:
     return Path(os.environ.get(LOG_ENV) or Path(project) / DEFAULT_LOG)
 
 
+def champion_age(now: datetime, max_age_days: float) -> dict[str, Any] | None:
+    """How long ago the served champion was trained (a rollback copy counts from the version it
+    restores), and whether that passes `max_age_days`; None when the store holds no champion."""
+    try:
+        model = registry.champion()
+    except registry.RegistryError:
+        return None
+    if model is None:
+        return None
+    original = registry.version(registry.lineage(model)) or model
+    age = (now - original.info.creation_time).total_seconds() / 86_400
+    return {
+        "tag": str(model.tag),
+        "trained": original.info.creation_time.isoformat(),
+        "age_days": round(age, 2),
+        "max_age_days": max_age_days,
+        "stale": age > max_age_days,
+    }
+
+
 def run_check(
     project: Path,
     params: MonitorParams,
@@ -99,12 +119,15 @@ def run_check(
     state_file = project / params.state_path
     state = load_state(state_file)
     window = read_log(log or default_log(project), since=state.last_check)
+    champion = champion_age(now, params.max_champion_age_days)
     summary: dict[str, Any] = {
         "time": now.isoformat(),
         "since": state.last_check.isoformat() if state.last_check else None,
         "records": len(window),
         "min_records": params.min_records,
         "drift_share": params.drift_share,
+        "champion": champion,
+        "champion_stale": bool(champion and champion["stale"]),
     }
     out_dir = project / params.reports_dir
     if len(window) < params.min_records:
@@ -177,6 +200,13 @@ def summary_markdown(result: CheckResult) -> str:
         "",
         f"{result.records} logged requests since {s.get('since') or 'the start'}.",
     ]
+    if s.get("champion_stale"):
+        c = s["champion"]
+        lines += [
+            "",
+            f"**Champion stale**: {c['tag']} was trained {c['age_days']:.0f} days ago (limit {c['max_age_days']:.0f}): "
+            "retrain on recent data.",
+        ]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])
     sensors = s["sensors"]
