@@ -102,6 +102,26 @@ def monitor(
         console.print(f"[yellow]warning[/]: traffic drifted, but {summary['trigger_error']}.")
 
 
+@app.command("alerts-webhook")
+@friendly
+def alerts_webhook(url: str = typer.Argument(..., help="Where alerts are POSTed as JSON {subject, text}.")) -> None:
+    """Send monitoring alerts and failed runs to a webhook (saved as a Prefect notification block)."""
+    import os
+
+    from mmfuse.errors import MMFuseError
+    from mmfuse.orchestration.alerts import save_webhook
+    from mmfuse.params import load_params
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise MMFuseError(
+            "PREFECT_API_URL is not set: start `mmfuse orchestrate` and point PREFECT_API_URL at its server, "
+            "so that the block is saved where the flows run."
+        )
+    block = load_params().monitor.notify_block
+    save_webhook(url, block)
+    console.print(f"[green]saved[/] {block}: alerts and failed runs go to {url}")
+
+
 @app.command("simulate-traffic")
 @friendly
 def simulate_traffic(

@@ -6,8 +6,12 @@ Also the drift reference and the traffic simulator against the in-process servic
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from mmfuse.inference.log import read_log
 from mmfuse.monitoring.check import TriggerFailed, trigger_training
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
 from mmfuse.monitoring.traffic import simulate_traffic
+from mmfuse.orchestration.alerts import save_webhook
 from mmfuse.orchestration.monitoring import monitoring_flow
 from mmfuse.orchestration.server import build_deployments
 from mmfuse.orchestration.server import prefect_server as local_server
@@ -123,3 +128,45 @@ def test_the_simulator_sends_shifted_requests_and_feedback(tiny_dataset, tmp_pat
     )
     frame = read_log(log)
     assert len(frame) == 8 and frame["true_label"].notna().all()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[list[dict]]:
+    """A webhook receiver on 127.0.0.1 and the notification block pointing at it."""
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Receiver.received = []
+    save_webhook(f"http://127.0.0.1:{server.server_port}/hook", MonitorParams().notify_block)
+    yield _Receiver.received
+    server.shutdown()
+
+
+def test_alerts_and_failed_runs_reach_the_webhook(prefect_server, webhook, tmp_path):  # noqa: F811
+    project, log = tmp_path, tmp_path / "log.sqlite"
+    (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
+    artifact = build_artifact(project / "artifact")
+    synthetic.reference_file(artifact / "reference.parquet")
+    registry.promote(artifact, {"source": "alerts test"})
+    synthetic.log_traffic(log, 100, seed=21, start=datetime.now(timezone.utc), audio_set_aside=0.4)
+    summary = monitoring_flow(project=str(project), log=str(log), trigger=lambda s: "never called")
+    assert summary["status"] == "alert"
+    assert [m["subject"] for m in webhook] == ["mmfuse monitoring: alert"]
+    assert "sensor failing: audio set aside in 40% of its requests" in webhook[0]["text"]
+    with pytest.raises(Exception, match="dvc.yaml"):
+        training_flow(project=str(tmp_path / "no-project"))
+    assert webhook[-1]["subject"].startswith("mmfuse: mmfuse-training run ") and webhook[-1]["subject"].endswith(
+        "failed"
+    )

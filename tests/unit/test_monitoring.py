@@ -226,7 +226,8 @@ def test_a_failing_sensor_is_reported_apart_from_drift(setup):
     sensors = result.summary["sensors"]
     assert sensors["failing"] == ["audio"] and sensors["audio"]["set_aside_rate"] == 0.4
     assert sensors["image"] == {"given": 100, "set_aside_rate": 0.0, "failing": False}
-    assert "Sensor failing: audio" in summary_markdown(result)
+    assert result.status == "alert" and not result.triggered  # someone must look; retraining would not help
+    assert "- **sensor failing: audio set aside in 40% of its requests" in summary_markdown(result)
     calm = check(project, log, ref, Counter(), T0 + timedelta(hours=2))  # nothing new since: not judged
     assert calm.status == "insufficient_data"
 
@@ -259,4 +260,5 @@ def test_the_champion_age_is_reported_and_flagged_stale_past_the_limit(setup, tm
     assert fresh["champion_stale"] is False
     old = check(project, log, ref, Counter(), created + timedelta(days=PARAMS.max_champion_age_days + 1))
     assert old.status == "insufficient_data" and old.summary["champion_stale"] is True  # no traffic needed
-    assert f"**Champion stale**: {tag}" in summary_markdown(old)
+    assert old.summary["alerts"] == [f"champion stale: {tag} trained 31 days ago (limit 30)"]
+    assert f"- **champion stale: {tag}" in summary_markdown(old)

@@ -34,7 +34,7 @@ Trigger = Callable[[dict[str, Any]], str | None]  # gets the check summary, retu
 
 @dataclass(frozen=True)
 class CheckResult:
-    status: str  # "insufficient_data" | "ok" | "drift"
+    status: str  # "insufficient_data" | "ok" | "alert" (someone must look; no retraining) | "drift"
     records: int
     triggered: str | None = None  # the training flow run started by this check
     summary: dict[str, Any] = field(default_factory=dict)
@@ -105,6 +105,32 @@ def champion_age(now: datetime, max_age_days: float) -> dict[str, Any] | None:
     }
 
 
+def alerts(summary: dict[str, Any]) -> list[str]:
+    """What someone must be told about one check, one line each; [] when all is well.
+
+    Drift, a failing sensor, failed data checks on the logged traffic, a stale champion and
+    a retraining that could not be started: each is a fact a person has to act on, so each
+    changes the check's status and reaches the notification block (orchestration.alerts).
+    """
+    found = []
+    if summary.get("status") == "drift":
+        accuracy = summary.get("accuracy")
+        dropped = f"; live accuracy {accuracy['live']:.3f} vs {accuracy['reference']:.3f}" if accuracy else ""
+        found.append(f"drift: {summary['drift']['share']:.0%} of the monitored columns drifted{dropped}")
+    for modality in summary.get("sensors", {}).get("failing", []):
+        rate = summary["sensors"][modality]["set_aside_rate"]
+        found.append(f"sensor failing: {modality} set aside in {rate:.0%} of its requests (unlike training)")
+    checks = summary.get("log_checks")
+    if checks and not checks["success"]:
+        found.append(f"data checks failed on logged traffic: {', '.join(checks['failed'])}")
+    if summary.get("champion_stale"):
+        c = summary["champion"]
+        found.append(f"champion stale: {c['tag']} trained {c['age_days']:.0f} days ago (limit {c['max_age_days']:.0f})")
+    if summary.get("trigger_error"):
+        found.append(f"retraining was not started: {summary['trigger_error']}")
+    return found
+
+
 def run_check(
     project: Path,
     params: MonitorParams,
@@ -135,6 +161,7 @@ def run_check(
         summary["detail"] = (
             f"{len(window)} logged requests since the last check, {params.min_records} needed: not judged"
         )
+        summary["alerts"] = alerts(summary)
         write_json(out_dir / "latest.json", summary)
         return CheckResult("insufficient_data", len(window), summary=summary)
     ref_path = reference or champion_reference()
@@ -162,6 +189,9 @@ def run_check(
     summary.update(
         status=status, triggered=triggered, trigger_error=trigger_error, already_drifted=drifted and state.drifted
     )
+    summary["alerts"] = alerts(summary)
+    if status == "ok" and summary["alerts"]:
+        status = summary["status"] = "alert"
     write_json(out_dir / stamp / "drift.json", drift_report)
     if accuracy is not None:
         write_json(out_dir / stamp / "accuracy.json", accuracy[1])
@@ -200,21 +230,10 @@ def summary_markdown(result: CheckResult) -> str:
         "",
         f"{result.records} logged requests since {s.get('since') or 'the start'}.",
     ]
-    if s.get("champion_stale"):
-        c = s["champion"]
-        lines += [
-            "",
-            f"**Champion stale**: {c['tag']} was trained {c['age_days']:.0f} days ago (limit {c['max_age_days']:.0f}): "
-            "retrain on recent data.",
-        ]
+    if s.get("alerts"):
+        lines += ["", *(f"- **{alert}**" for alert in s["alerts"])]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])
-    sensors = s["sensors"]
-    for m in sensors["failing"]:
-        lines += [
-            "",
-            f"**Sensor failing: {m}**: {sensors[m]['set_aside_rate']:.0%} of its inputs set aside as unlike training.",
-        ]
     drift = s["drift"]
     lines += ["", f"Drifted columns: {drift['share']:.0%} (drift at {s['drift_share']:.0%})", ""]
     lines += ["| column | group | p-value | drifted |", "|---|---|---|---|"]

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
+from mmfuse.orchestration.alerts import notify, notify_failure
 from mmfuse.params import load_params
 
 
@@ -20,9 +21,11 @@ def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult
     )
 
 
-@flow(name="mmfuse-monitoring", log_prints=True)
+@flow(name="mmfuse-monitoring", log_prints=True, on_failure=[notify_failure])
 def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger | None = None) -> dict[str, Any]:
     """Validate and drift-check the log since the last check; on entering drift, start training.
+    Every alert of the check (drift, a failing sensor, failed data checks, a stale champion)
+    goes to the notification block `monitor.notify_block`.
 
     `trigger` replaces the default (run the training deployment) when called in-process.
     """
@@ -39,4 +42,7 @@ def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger
     create_markdown_artifact(
         summary_markdown(result), key="mmfuse-monitoring", description="drift check of logged traffic"
     )
+    if result.summary.get("alerts"):
+        block = load_params(Path(project) / "params.yaml").monitor.notify_block
+        notify(block, f"mmfuse monitoring: {result.status}", result.summary["alerts"])
     return result.summary

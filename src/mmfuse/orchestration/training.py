@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from mmfuse.orchestration.alerts import notify_failure
 from mmfuse.orchestration.dvc import StageFailed, StageResult, repro_stage, run_experiment, stage_names
 
 
@@ -63,7 +64,7 @@ def _publish(project: Path, stages: list[dict[str, Any]]) -> None:
         create_table_artifact(rows, key="mmfuse-training-metrics", description="DVC metrics of this run")
 
 
-@flow(name="mmfuse-training", log_prints=True)
+@flow(name="mmfuse-training", log_prints=True, on_failure=[notify_failure])
 def training_flow(project: str = ".", overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Reproduce the pipeline through DVC; with `overrides`, as a recorded DVC experiment."""
     root = Path(project).resolve()
