@@ -73,6 +73,7 @@ def log_traffic(
     accuracy: float = 0.9,
     feedback: bool = False,
     audio_set_aside: float = 0.0,
+    model_version: str = "mmfuse:test",
 ) -> None:
     """Write n requests with the real writer, then feedback (the true label) for each if asked."""
     d = draw(n, seed, shift, accuracy)
@@ -84,7 +85,7 @@ def log_traffic(
                 request_id=request_id,
                 ts=(start + timedelta(seconds=i)).timestamp(),
                 endpoint="predict",
-                model_version="mmfuse:test",
+                model_version=model_version,
                 present=(True, True, True),
                 stats={name: float(d["stats"][name][i]) for name in STAT_COLUMNS},
                 embedding=d["embedding"][i],
@@ -262,3 +263,27 @@ def test_the_champion_age_is_reported_and_flagged_stale_past_the_limit(setup, tm
     assert old.status == "insufficient_data" and old.summary["champion_stale"] is True  # no traffic needed
     assert old.summary["alerts"] == [f"champion stale: {tag} trained 31 days ago (limit 30)"]
     assert f"- **champion stale: {tag}" in summary_markdown(old)
+
+
+def test_offline_and_live_accuracy_are_reported_side_by_side_per_version(setup, tmp_path):
+    project, log, ref = setup
+    tags = []
+    for name, offline in (("a", 93.0), ("b", 94.0)):
+        artifact = tmp_path / name
+        artifact.mkdir()
+        (artifact / "model.safetensors").write_bytes(name.encode())
+        tags.append(registry.promote(artifact, {"accuracy": offline}))
+    log_traffic(log, 100, seed=31, start=T0, accuracy=0.9, feedback=True, model_version=tags[0])
+    log_traffic(log, 100, seed=32, start=T0 + timedelta(minutes=5), accuracy=0.6, feedback=True, model_version=tags[1])
+    log_traffic(log, 20, seed=33, start=T0 + timedelta(minutes=10), model_version=tags[1])  # no feedback yet
+    result = check(project, log, ref, Counter(), T0 + timedelta(hours=1))
+    versions = {v["version"]: v for v in result.summary["versions"]}
+    assert list(versions) == tags and versions[tags[1]]["feedback"] == 100
+    truth = read_log(log).query("true_label.notna()")
+    for tag, offline in zip(tags, (93.0, 94.0)):
+        rows = truth[truth["model_version"] == tag]
+        live = round(100 * float((rows["prediction"] == rows["true_label"]).mean()), 2)
+        assert versions[tag]["live_accuracy"] == live and versions[tag]["offline_accuracy"] == offline
+        assert versions[tag]["gap_points"] == round(offline - live, 2)
+    assert versions[tags[1]]["gap_points"] > versions[tags[0]]["gap_points"] + 5  # the second tracks worse
+    assert f"| {tags[1]} | 94.0 |" in summary_markdown(result)

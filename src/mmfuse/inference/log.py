@@ -318,6 +318,27 @@ class InferenceLog:
             logger.exception("inference log: %d records could not be written to %s", len(rows), self.path)
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+
+
+def feedback_by_version(path: Path | str) -> pd.DataFrame:
+    """Labelled requests per model version over the whole log (version, feedback, correct),
+    counted by SQLite, so the whole log is never loaded for it."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=["version", "feedback", "correct"])
+    conn = _read_only(path)
+    try:
+        return pd.read_sql_query(
+            "SELECT model_version AS version, COUNT(*) AS feedback, SUM(prediction = true_label) AS correct "
+            "FROM inference WHERE true_label IS NOT NULL GROUP BY model_version ORDER BY MIN(ts)",
+            conn,
+        )
+    finally:
+        conn.close()
+
+
 def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     """The log as a DataFrame, oldest first, optionally only rows at or after `since`.
 
@@ -335,7 +356,7 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     after = float("-inf")
     if since is not None:
         after = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_MS / 1000)
+    conn = _read_only(path)
     try:
         frame = pd.read_sql_query("SELECT * FROM inference WHERE ts >= ? ORDER BY ts, rowid", conn, params=(after,))
     finally:

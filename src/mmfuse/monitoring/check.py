@@ -19,7 +19,7 @@ import pandas as pd
 
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
-from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, SET_ASIDE_COLUMNS, read_log
+from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, SET_ASIDE_COLUMNS, feedback_by_version, read_log
 from mmfuse.io import write_json
 from mmfuse.modality import FLAGS, MODALITIES
 from mmfuse.models.artifact import REFERENCE_FILE
@@ -131,6 +131,31 @@ def alerts(summary: dict[str, Any]) -> list[str]:
     return found
 
 
+def offline_vs_online(counts: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model version that served labelled requests: its offline test accuracy (recorded at
+    promotion) beside its live accuracy from feedback, and the gap (ML Test Score M2).
+
+    `counts` is `feedback_by_version` of the whole log, not one window: a version's live
+    accuracy accumulates while it serves. A gap that grows from version to version says the
+    test split stopped resembling traffic.
+    """
+    rows = []
+    for version, feedback, correct in counts.itertuples(index=False):  # one row per model version
+        model = registry.version(str(version))
+        offline = model.info.metadata.get("accuracy") if model is not None else None
+        live = round(100.0 * correct / feedback, 2)
+        rows.append(
+            {
+                "version": str(version),
+                "offline_accuracy": offline,
+                "live_accuracy": live,
+                "feedback": int(feedback),
+                "gap_points": round(offline - live, 2) if offline is not None else None,
+            }
+        )
+    return rows
+
+
 def run_check(
     project: Path,
     params: MonitorParams,
@@ -144,7 +169,8 @@ def run_check(
     now = now or datetime.now(timezone.utc)
     state_file = project / params.state_path
     state = load_state(state_file)
-    window = read_log(log or default_log(project), since=state.last_check)
+    log = log or default_log(project)
+    window = read_log(log, since=state.last_check)
     champion = champion_age(now, params.max_champion_age_days)
     summary: dict[str, Any] = {
         "time": now.isoformat(),
@@ -154,6 +180,7 @@ def run_check(
         "drift_share": params.drift_share,
         "champion": champion,
         "champion_stale": bool(champion and champion["stale"]),
+        "versions": offline_vs_online(feedback_by_version(log)),
     }
     out_dir = project / params.reports_dir
     if len(window) < params.min_records:
@@ -232,6 +259,13 @@ def summary_markdown(result: CheckResult) -> str:
     ]
     if s.get("alerts"):
         lines += ["", *(f"- **{alert}**" for alert in s["alerts"])]
+    if s.get("versions"):
+        header = "| model version | offline test accuracy | live accuracy (feedback) | gap, points |"
+        lines += ["", header, "|---|---|---|---|"]
+        lines += [
+            f"| {v['version']} | {v['offline_accuracy']} | {v['live_accuracy']} ({v['feedback']}) | {v['gap_points']} |"
+            for v in s["versions"]
+        ]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])
     drift = s["drift"]
