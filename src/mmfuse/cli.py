@@ -102,6 +102,21 @@ def monitor(
         console.print(f"[yellow]warning[/]: traffic drifted, but {summary['trigger_error']}.")
 
 
+@app.command()
+@friendly
+def tune(project: Path = typer.Option(Path("."), help="The DVC project (its params.yaml's `tune:` section).")) -> None:
+    """Search hyperparameters as queued DVC experiments (tune.space, tune.budget), then a seed spread of the best."""
+    from mmfuse.orchestration.tune import tune as run_search
+    from mmfuse.params import load_params
+
+    summary = run_search(project, load_params(project / "params.yaml"))
+    for row in summary["results"]:
+        spread = f" ± {row['std']}" if row["std"] is not None else ""
+        runs = f"over {row['n']} run(s)"
+        console.print(f"{row['experiment']}: {summary['metric']} {row['mean']}{spread} {runs}  {row['params']}")
+    console.print("compare: `dvc exp show --only-changed`; adopt one: `dvc exp apply NAME` then `dvc repro`")
+
+
 @app.command("alerts-webhook")
 @friendly
 def alerts_webhook(url: str = typer.Argument(..., help="Where alerts are POSTed as JSON {subject, text}.")) -> None:

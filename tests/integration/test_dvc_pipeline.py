@@ -21,6 +21,8 @@ from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
 from mmfuse.models.artifact import load_model
 from mmfuse.orchestration.dvc import StageFailed, repro_stage, repromote, run_experiment
+from mmfuse.orchestration.tune import tune
+from mmfuse.params import load_params
 from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
@@ -165,3 +167,29 @@ def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_pro
     (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(MMFuseError, match="evaluate changed since the last run"):
         repromote(project_copy)
+
+
+def test_tune_queues_a_search_and_a_seed_spread_as_experiments(project_copy):
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["tune"] = {
+        "space": {"train.lr": [0.01, 0.02], "train.head_epochs": [1]},
+        "budget": 2,
+        "top": 1,
+        "seeds": 2,
+        "workers": 1,
+    }
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a search"], project_copy)
+    summary = tune(project_copy, load_params(project_copy / "params.yaml"), run_id="t")
+    assert {r["experiment"] for r in summary["results"]} == {"tune-t-0", "tune-t-1"}
+    best = summary["best"]
+    assert best["n"] == 2 and set(best["runs"]) == {best["experiment"], f"{best['experiment']}-seed1"}
+    assert best["mean"] == pytest.approx(sum(best["runs"].values()) / 2, abs=1e-3) and best["std"] is not None
+    other = next(r for r in summary["results"] if r is not best)
+    assert other["n"] == 1 and summary["baseline"]["train.lr"] == params["train"]["lr"]
+    table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project_copy).stdout)))
+    shown = {row["Experiment"]: row for row in table if row["Experiment"]}
+    assert {"tune-t-0", "tune-t-1", f"{best['experiment']}-seed1"} <= set(shown)
+    assert shown[f"{best['experiment']}-seed1"]["train.seed"] == str(params["train"]["seed"] + 1)
+    assert json.loads((project_copy / "reports" / "tuning" / "summary.json").read_text()) == summary
+    assert registry.champion() is None or "tune" not in str(registry.champion().info.metadata.get("experiment"))

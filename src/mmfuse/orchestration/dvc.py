@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,16 +110,64 @@ def repromote(project: Path, stage: str = "promote") -> StageResult:
     return StageResult(stage, ran=True, output=_repro(stage, project, "--force"))
 
 
-def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = None) -> str:
-    """Run the whole pipeline as a DVC experiment with `overrides` (dotted params keys)."""
+def _experiment_args(overrides: dict[str, Any], name: str | None) -> list[str]:
     args = ["exp", "run"] + (["--name", name] if name else [])
     for key, value in sorted(overrides.items()):
         args += [
             "--set-param",
             f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}",
         ]
-    done = _dvc(args, project)
+    return args
+
+
+def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = None) -> str:
+    """Run the whole pipeline as a DVC experiment with `overrides` (dotted params keys)."""
+    done = _dvc(_experiment_args(overrides, name), project)
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise StageFailed("exp run", done.returncode, output)
     return output
+
+
+def queue_experiment(overrides: dict[str, Any], project: Path, name: str) -> None:
+    """Queue the pipeline as the DVC experiment `name` with `overrides` (`dvc exp run --queue`)."""
+    done = _dvc([*_experiment_args(overrides, name), "--queue"], project)
+    if done.returncode != 0:
+        raise StageFailed("exp run --queue", done.returncode, done.stdout + done.stderr)
+
+
+def experiments(project: Path) -> dict[str, dict[str, Any]]:
+    """Every experiment of the project by name: {"state": queued|running|success|failed|..., "metrics": {file: {...}}}.
+
+    Read from `dvc exp show --json` (its `executor.state` and each run's metrics), never from its text.
+    """
+    done = _dvc(["exp", "show", "--json"], project)
+    if done.returncode != 0:
+        raise StageFailed("exp show", done.returncode, done.stdout + done.stderr)
+    found: dict[str, dict[str, Any]] = {}
+    for baseline in json.loads(done.stdout or "[]"):
+        for experiment in baseline.get("experiments") or []:
+            run = experiment["revs"][0]
+            metrics = (run.get("data") or {}).get("metrics") or {}
+            state = (experiment.get("executor") or {}).get("state") or ("failed" if run.get("error") else "success")
+            found[experiment.get("name") or run["name"]] = {
+                "state": state,
+                "metrics": {path: (m.get("data") or {}) for path, m in metrics.items()},
+            }
+    return found
+
+
+def run_queue(project: Path, names: list[str], workers: int, timeout_s: float, poll_s: float = 5.0) -> None:
+    """Start `workers` queue workers (`dvc queue start -j`) and wait until every experiment in `names` has ended."""
+    done = _dvc(["queue", "start", "-j", str(workers)], project)
+    if done.returncode != 0:
+        raise StageFailed("queue start", done.returncode, done.stdout + done.stderr)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = experiments(project)
+        waiting = [n for n in names if states.get(n, {}).get("state") in (None, "queued", "running")]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise MMFuseError(f"{len(waiting)} experiment(s) still queued or running after the timeout: {waiting}")
+        time.sleep(poll_s)

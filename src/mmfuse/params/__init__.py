@@ -23,6 +23,7 @@ from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.promote import PromoteParams
 from mmfuse.params.serve import ServeParams
 from mmfuse.params.train import TrainParams
+from mmfuse.params.tune import TuneParams
 from mmfuse.params.validate import ValidateParams
 
 __all__ = ["PARAMS_FILE", "Params", "load_params", "load_serve_params"]
@@ -42,6 +43,7 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     serve: ServeParams = ServeParams()
     monitor: MonitorParams = MonitorParams()
+    tune: TuneParams = TuneParams()
 
 
 def _find_value(node: Any, value: str, where: str = "") -> str | None:
