@@ -30,6 +30,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException, NotFound
 
 from mmfuse.errors import MMFuseError
+from mmfuse.models.artifact import WEIGHTS
 
 MODEL_NAME = "mmfuse"
 ROLE_LABEL = "role"
@@ -84,7 +85,7 @@ def missing_files(model: bentoml.Model) -> list[str]:
     Versions promoted before sizes were recorded are judged by their weights alone.
     """
     root = Path(model.path)
-    expected = model.info.metadata.get(FILES) or {"model.safetensors": None}
+    expected = model.info.metadata.get(FILES) or {WEIGHTS: None}
     return sorted(
         name
         for name, size in expected.items()
@@ -104,16 +105,18 @@ def broken_versions() -> list[str]:
 
 def champion() -> bentoml.Model | None:
     """The champion (`latest`), None when the store holds none; an incomplete one is an error, never served."""
+    fix = "Run `mmfuse champion clean` to remove it (the complete version before it becomes the champion again)."
     try:
         model = bentoml.models.get(f"{MODEL_NAME}:latest")
-    except (NotFound, BentoMLException):
+    except NotFound:
         return None
+    except BentoMLException as exc:
+        raise RegistryError(f"the store's latest {MODEL_NAME} version cannot be read ({exc}). {fix}") from exc
     missing = missing_files(model)
     if missing:
         raise RegistryError(
             f"the store's latest {MODEL_NAME} version {model.tag} is incomplete (missing {', '.join(missing)}): "
-            "a promotion was interrupted. Run `mmfuse champion clean` to remove it (the complete version "
-            "before it becomes the champion again)."
+            f"a promotion was interrupted. {fix}"
         )
     return model
 
@@ -126,7 +129,7 @@ def version(tag: str) -> bentoml.Model | None:
 
 def versions() -> list[bentoml.Model]:
     """Every complete version the store holds, oldest first."""
-    found = [m for m in map(_load, map(_tag, _version_dirs())) if m is not None and not missing_files(m)]
+    found = [m for m in map(version, map(_tag, _version_dirs())) if m is not None]
     return sorted(found, key=lambda m: m.info.creation_time)
 
 
