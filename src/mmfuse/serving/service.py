@@ -34,6 +34,7 @@ import bentoml
 import torch
 
 from mmfuse.errors import NonFiniteError
+from mmfuse.inference import registry
 from mmfuse.inference.log import InferenceLog, LogRecord, log_path
 from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
@@ -74,7 +75,13 @@ class MMFuse:
 
     def __init__(self) -> None:
         torch.set_num_threads(SERVE.torch_threads)
-        stored = self.champion
+        # Looked up now, at this instance's start-up, and checked complete: `self.champion` is resolved
+        # once per process (BentoML pins its tag to the first version it found), so an app started
+        # after a promotion in the same process served the old model. The class attribute stays for
+        # `bentoml build`, which packs the champion into the bento.
+        stored = registry.champion()
+        if stored is None:
+            raise registry.RegistryError("no champion in the model store: run the pipeline (dvc repro) first.")
         self.predictor = Predictor(Path(stored.path), str(stored.tag))
         self.labels = frozenset(self.predictor.labels)
         self.log = InferenceLog(log_path(), SERVE.log_max_rows, SERVE.log_queue_size, SERVE.log_max_age_days)
