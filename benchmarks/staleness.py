@@ -70,10 +70,9 @@ def main() -> None:
     result = decay(args.curves, method, load_params().monitor.accuracy_drop)
     write_json(RESULTS / "staleness.json", result)
     for name, family in result["families"].items():
-        print(
-            f"{name:22s} {'seen' if family['seen'] else 'unseen':6s} -{family['loss_per_level_points']:5.2f} pts/level, "
-            f"past the drop at level {family['first_level_past_drop']}"
-        )
+        kind = "seen" if family["seen"] else "unseen"
+        loss = family["loss_per_level_points"]
+        print(f"{name:22s} {kind:6s} -{loss:5.2f} pts/level, past the drop at level {family['first_level_past_drop']}")
 
 
 if __name__ == "__main__":
