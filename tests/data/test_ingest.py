@@ -78,9 +78,16 @@ def test_a_named_media_file_linking_outside_the_folder_is_named_as_such(tiny_dat
         handle.write("linked,0,train,images/linked.png,,\n")
     with pytest.raises(ManifestError, match=r"linked\.png \(named by the manifest\) links to .*outside the dataset"):
         _ingested(tiny_dataset, tmp_path)
+    (tiny_dataset.parent / "images" / "linked.png").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    outside.rename(tmp_path / "elsewhere" / "linked.png")
+    (tiny_dataset.parent / "more").symlink_to(tmp_path / "elsewhere")  # through a linked folder, the same
+    tiny_dataset.write_text(tiny_dataset.read_text().replace("images/linked.png", "more/linked.png"))
+    with pytest.raises(ManifestError, match=r"more/linked\.png \(named by the manifest\) links to .*outside"):
+        _ingested(tiny_dataset, tmp_path)
+    tiny_dataset.write_text(tiny_dataset.read_text().replace("linked,0,train,more/linked.png,,\n", ""))
     inside = tiny_dataset.parent / "images" / "inside.png"
     inside.symlink_to(tiny_dataset.parent / "images" / "train-0-0.png")  # a link within the folder is fine
-    (tiny_dataset.parent / "images" / "linked.png").unlink()
     with open(tiny_dataset, "a") as handle:
         handle.write("inside,0,train,images/inside.png,,\n")
     manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tiny_dataset)))

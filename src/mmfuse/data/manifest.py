@@ -66,9 +66,9 @@ def link_problems(dataset_root: Path, media: list[str]) -> list[str]:
     """The symbolic links in a dataset folder that cannot be ingested, one sentence each.
 
     A dangling link anywhere in the folder (DVC hashes the whole folder and stops on it with
-    a bare "[Errno 2]"), and a media file the manifest names that links outside the folder
-    (it would be refused as if missing). Links inside the folder, and the folder itself
-    being a link, are fine.
+    a bare "[Errno 2]"), and a media file the manifest names that leaves the folder through a
+    link, its own or a folder's (`resolve_media` refuses it; it would be reported as missing).
+    Links inside the folder, and the folder itself being a link, are fine.
     """
     root = Path(dataset_root).resolve()
     problems = []
@@ -81,7 +81,11 @@ def link_problems(dataset_root: Path, media: list[str]) -> list[str]:
                 )
     for rel in media:
         path = root / rel
-        if path.is_symlink() and path.exists() and not path.resolve().is_relative_to(root):
+        if not path.exists():
+            continue  # missing files are the validate stage's to report, row by row
+        try:
+            resolve_media(root, rel)
+        except ManifestError:
             problems.append(
                 f"{path} (named by the manifest) links to {path.resolve()}, outside the dataset folder {root}: "
                 "copy the file into the folder instead"

@@ -8,6 +8,7 @@ from typing import Any
 from scipy.special import softmax
 
 from mmfuse.evaluation.calibration import expected_calibration_error
+from mmfuse.evaluation.metrics import classification_metrics
 from mmfuse.evaluation.predict import model_logits
 from mmfuse.models.artifact import load_model
 from mmfuse.models.classifier import subset_name
@@ -38,15 +39,10 @@ def score_artifact(
         logits = model_logits(model, data.tensors, params.batch_size).double().numpy()
     probs = softmax(logits / (temperature or 1.0), axis=1)
     labels = data.tensors["label"].numpy()
-    hits = probs.argmax(axis=1) == labels
-    classes = {
-        str(name): round(100.0 * float(hits[labels == k].mean()), 4)
-        for k, name in enumerate(config["labels"])
-        if (labels == k).any()
-    }
+    per_class = classification_metrics(labels, probs.argmax(axis=1), [str(n) for n in config["labels"]])["per_class"]
     return {
         "accuracy": round(subsets[subset_name(model.spec.modalities)]["accuracy"], 4),
         "subsets": {name: round(s["accuracy"], 4) for name, s in subsets.items()},
-        "classes": classes,
-        "ece": round(expected_calibration_error(probs, data.tensors["label"].numpy(), params.ece_bins), 6),
+        "classes": {name: m["recall"] for name, m in per_class.items() if m["support"]},
+        "ece": round(expected_calibration_error(probs, labels, params.ece_bins), 6),
     }

@@ -156,35 +156,36 @@ def _file_sizes(folder: Path) -> dict[str, int]:
 
 
 @contextmanager
-def _locked() -> Iterator[None]:
-    """One writer of the store at a time (promote, rollback, clean)."""
+def _writing() -> Iterator[list[str]]:
+    """One writer of the store at a time (promote, rollback, clean), which first clears what a
+    killed writer left: its staging folder and incomplete versions (yields their tags)."""
     _own_dir().mkdir(parents=True, exist_ok=True)
     with open(_own_dir() / "store.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            shutil.rmtree(_staging_root(), ignore_errors=True)  # only a killed writer leaves it: we hold the lock
+            removed, incomplete = [], []
+            for folder in _version_dirs():
+                model = _load(_tag(folder))
+                if model is None:  # no model.yaml: BentoML cannot even list the entry until it is gone
+                    shutil.rmtree(folder)
+                    removed.append(_tag(folder))
+                elif missing_files(model):
+                    incomplete.append(str(model.tag))
+            for tag in incomplete:
+                bentoml.models.delete(tag)  # BentoML's own delete moves `latest` back to the newest left
+            removed += incomplete
+            if removed:
+                log_decision({"action": "clean", "removed": removed})
+            yield removed
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _clean_locked() -> list[str]:
-    """Under the lock: clear what a killed writer left (its staging folder, incomplete versions)."""
-    shutil.rmtree(_staging_root(), ignore_errors=True)  # only a killed writer leaves it: we hold the lock
-    broken = broken_versions()
-    unreadable = [folder for folder in _version_dirs() if _load(_tag(folder)) is None]
-    for folder in unreadable:  # no model.yaml: BentoML cannot even list the entry until these are gone
-        shutil.rmtree(folder)
-    for tag in set(broken) - set(map(_tag, unreadable)):
-        bentoml.models.delete(tag)  # BentoML's own delete moves `latest` back to the newest left
-    if broken:
-        log_decision({"action": "clean", "removed": broken})
-    return broken
-
-
 def clean() -> list[str]:
     """Remove incomplete versions and a killed writer's staging folder; return the removed tags."""
-    with _locked():
-        return _clean_locked()
+    with _writing() as removed:
+        return removed
 
 
 def _store(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path]) -> bentoml.Model:
@@ -235,8 +236,7 @@ def history() -> list[dict[str, Any]]:
 def promote(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path] | None = None) -> str:
     """Store `artifact_dir` and its `companions` ({file name: path}, e.g. calibration, trust) as the
     new champion; return its tag. What an interrupted promotion left is removed first."""
-    with _locked():
-        _clean_locked()
+    with _writing():
         previous = champion()
         metadata = {**metadata, "previous": str(previous.tag) if previous else None}
         model = _store(Path(artifact_dir), metadata, dict(companions or {}))
@@ -256,8 +256,7 @@ def rollback(to: str | None = None) -> str:
     then A. A rollback copy stands where the version it restores stood. `to` restores any
     complete version of the store.
     """
-    with _locked():
-        _clean_locked()
+    with _writing():
         current = champion()
         if current is None:
             raise RegistryError("no champion in the model store: nothing to roll back.")

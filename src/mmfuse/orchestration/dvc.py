@@ -59,11 +59,17 @@ def _dvc(args: list[str], project: Path, env: dict[str, str] | None = None) -> s
     return subprocess.run(["dvc", *args], cwd=project, env=full_env, capture_output=True, text=True)
 
 
+def _dvc_ok(args: list[str], project: Path, what: str) -> subprocess.CompletedProcess[str]:
+    """`_dvc`, raising StageFailed(`what`) when DVC exits non-zero."""
+    done = _dvc(args, project)
+    if done.returncode != 0:
+        raise StageFailed(what, done.returncode, done.stdout + done.stderr)
+    return done
+
+
 def _changed(stage: str, project: Path) -> bool:
     """Whether `dvc status` (JSON) reports anything changed for this one stage."""
-    done = _dvc(["status", "--json", stage], project)
-    if done.returncode != 0:
-        raise StageFailed(stage, done.returncode, done.stdout + done.stderr)
+    done = _dvc_ok(["status", "--json", stage], project, stage)
     return bool(json.loads(done.stdout or "{}"))
 
 
@@ -98,9 +104,7 @@ def repromote(project: Path, stage: str = "promote") -> StageResult:
     this reruns one. It refuses when anything above has changed: promoting outputs that no
     longer match their inputs would record a lineage that is not true.
     """
-    done = _dvc(["status", "--json"], project)
-    if done.returncode != 0:
-        raise StageFailed("status", done.returncode, done.stdout + done.stderr)
+    done = _dvc_ok(["status", "--json"], project, "status")
     stale = sorted(set(json.loads(done.stdout or "{}")) - {stage})
     if stale:
         raise MMFuseError(
@@ -122,18 +126,13 @@ def _experiment_args(overrides: dict[str, Any], name: str | None) -> list[str]:
 
 def run_experiment(overrides: dict[str, Any], project: Path, name: str | None = None) -> str:
     """Run the whole pipeline as a DVC experiment with `overrides` (dotted params keys)."""
-    done = _dvc(_experiment_args(overrides, name), project)
-    output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise StageFailed("exp run", done.returncode, output)
-    return output
+    done = _dvc_ok(_experiment_args(overrides, name), project, "exp run")
+    return done.stdout + done.stderr
 
 
 def queue_experiment(overrides: dict[str, Any], project: Path, name: str) -> None:
     """Queue the pipeline as the DVC experiment `name` with `overrides` (`dvc exp run --queue`)."""
-    done = _dvc([*_experiment_args(overrides, name), "--queue"], project)
-    if done.returncode != 0:
-        raise StageFailed("exp run --queue", done.returncode, done.stdout + done.stderr)
+    _dvc_ok([*_experiment_args(overrides, name), "--queue"], project, "exp run --queue")
 
 
 def experiments(project: Path) -> dict[str, dict[str, Any]]:
@@ -141,9 +140,7 @@ def experiments(project: Path) -> dict[str, dict[str, Any]]:
 
     Read from `dvc exp show --json` (its `executor.state` and each run's metrics), never from its text.
     """
-    done = _dvc(["exp", "show", "--json"], project)
-    if done.returncode != 0:
-        raise StageFailed("exp show", done.returncode, done.stdout + done.stderr)
+    done = _dvc_ok(["exp", "show", "--json"], project, "exp show")
     found: dict[str, dict[str, Any]] = {}
     for baseline in json.loads(done.stdout or "[]"):
         for experiment in baseline.get("experiments") or []:
@@ -159,9 +156,7 @@ def experiments(project: Path) -> dict[str, dict[str, Any]]:
 
 def run_queue(project: Path, names: list[str], workers: int, timeout_s: float, poll_s: float = 5.0) -> None:
     """Start `workers` queue workers (`dvc queue start -j`) and wait until every experiment in `names` has ended."""
-    done = _dvc(["queue", "start", "-j", str(workers)], project)
-    if done.returncode != 0:
-        raise StageFailed("queue start", done.returncode, done.stdout + done.stderr)
+    _dvc_ok(["queue", "start", "-j", str(workers)], project, "queue start")
     deadline = time.monotonic() + timeout_s
     while True:
         states = experiments(project)

@@ -45,7 +45,7 @@ def copy_own_dataset(manifest_path: Path, out_dir: Path) -> None:
         shutil.copyfile(manifest_path, staging / manifest_path.name)
         for rel in track(media, description=f"copying {root.name}", transient=True):
             origin = root / rel
-            if origin.is_file() and origin.resolve().is_relative_to(root.resolve()):
+            if origin.is_file():  # inside the folder: link_problems refused any that leaves it
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(origin, staging / rel)
 

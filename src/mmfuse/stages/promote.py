@@ -41,38 +41,36 @@ def _gate(name: str, value: Any, threshold: Any, passed: bool, detail: str) -> d
 
 
 def _floor_gates(challenger: Scores, params: PromoteParams) -> list[dict[str, Any]]:
-    """Absolute floors per modality subset, class and speaker: checked at every promotion, the first included."""
-    gates = [
-        _gate(
-            f"floor:subset:{name}",
-            value,
-            floor,
-            value >= floor,
-            "modality subset accuracy at or above its floor (promote.subset_floors, else min_subset_accuracy)",
-        )
-        for name, value in sorted(challenger["subsets"].items())
-        for floor in [params.subset_floors.get(name, params.min_subset_accuracy)]
+    """Absolute floors per modality subset, class and speaker: checked at every promotion, the first included.
+
+    A subset's floor is its entry in promote.subset_floors, else min_subset_accuracy.
+    """
+    floors = {
+        "subset": ("subsets", lambda name: params.subset_floors.get(name, params.min_subset_accuracy)),
+        "class": ("classes", lambda name: params.min_class_accuracy),
+        "speaker": ("speakers", lambda name: params.min_speaker_accuracy),
+    }
+    return [
+        _gate(f"floor:{kind}:{name}", value, floor(name), value >= floor(name), f"{kind} accuracy >= its floor")
+        for kind, (key, floor) in floors.items()
+        for name, value in sorted(challenger.get(key, {}).items())
     ]
-    slices = (("class", "classes", params.min_class_accuracy), ("speaker", "speakers", params.min_speaker_accuracy))
-    for kind, key, floor in slices:
-        gates += [
-            _gate(f"floor:{kind}:{name}", value, floor, value >= floor, f"{kind} accuracy >= min_{kind}_accuracy")
-            for name, value in sorted(challenger.get(key, {}).items())
-        ]
-    return gates
 
 
 def _baseline_gates(accuracy: float, baselines: dict[str, float], params: PromoteParams) -> list[dict[str, Any]]:
     """The challenger against the simpler models it must beat: the best dedicated model and the late-fusion
     reference of the unimodal models (ML Test Score M5: a simpler model that does as well wins)."""
     return [
-        _gate(
-            f"beats_baseline:{name}",
-            accuracy,
-            round(theirs + params.baseline_margin, 4),
-            accuracy >= theirs + params.baseline_margin,
-            "accuracy >= this simpler model's + promote.baseline_margin",
-        )
+        {
+            **_gate(
+                f"beats_baseline:{name}",
+                accuracy,
+                round(theirs + params.baseline_margin, 4),
+                accuracy >= theirs + params.baseline_margin,
+                "accuracy >= this simpler model's + promote.baseline_margin",
+            ),
+            "baseline": name,
+        }
         for name, theirs in sorted(baselines.items())
     ]
 
@@ -154,9 +152,9 @@ def decide(
         "champion": champion,
         "baselines": baselines or {},
     }
-    beaten_by = [name for name in failed if name.startswith("beats_baseline:")]
+    beaten_by = [g["baseline"] for g in gates if "baseline" in g and not g["passed"]]
     if beaten_by:
-        simpler = max((name.split(":", 1)[1] for name in beaten_by), key=lambda name: baselines[name])
+        simpler = max(beaten_by, key=lambda name: baselines[name])
         record["simpler_model"] = simpler
         record["detail"] = (
             f"the simpler model {simpler} ({baselines[simpler]} %) is as good as the challenger ({accuracy} %) "
