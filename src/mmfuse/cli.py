@@ -173,7 +173,7 @@ def orchestrate() -> None:
     run(Path.cwd(), load_params())
 
 
-champion_app = typer.Typer(no_args_is_help=True, help="Show, roll back, clean or re-promote the champion.")
+champion_app = typer.Typer(no_args_is_help=True, help="Show, roll back, clean, re-promote the champion.")
 app.add_typer(champion_app, name="champion")
 
 
@@ -202,9 +202,20 @@ def champion_show(
         restored = version.info.metadata.get("restored")
         note = f"  rollback to {restored}" if restored else ""
         console.print(f" {mark} {version.tag}  {version.info.metadata.get('accuracy', '?')} %{note}")
+    shadowed = registry.challenger()
+    if shadowed is not None:
+        from mmfuse.inference.log import log_path, shadow_evidence
+
+        seen = shadow_evidence(log_path(), str(model.tag), str(shadowed.tag))
+        console.print(
+            f"[bold]challenger in shadow[/] {shadowed.tag}  ({shadowed.info.metadata.get('accuracy', '?')} % offline): "
+            f"{seen.requests} requests scored, agreement {seen.agreement} %, {seen.labelled} labelled, "
+            f"live accuracy {seen.challenger_accuracy} % vs the champion's {seen.champion_accuracy} %"
+        )
     console.print("[bold]last decisions[/]")
     for record in registry.history()[-decisions:]:
-        tag = record.get("promoted_tag") or record.get("to") or record.get("champion_tag") or ""
+        keys = ("promoted_tag", "to", "shadow_tag", "tag", "champion_tag")
+        tag = next((record[key] for key in keys if record.get(key)), "")
         failed = record.get("failed_gates") or []
         gates = f"  failed: {', '.join(failed)}" if failed else ""
         console.print(f"  {record['time'][:19]} {record['action']}: {record.get('verdict', '')} {tag}{gates}")
@@ -229,6 +240,16 @@ def champion_clean() -> None:
 
     removed = registry.clean()
     console.print(f"[green]removed[/] {', '.join(removed)}" if removed else "nothing to clean: all versions complete")
+
+
+@champion_app.command("end-shadow")
+@friendly
+def champion_end_shadow() -> None:
+    """Stop scoring the challenger in shadow (from the service's next start); the champion is untouched."""
+    from mmfuse.inference import registry
+
+    ended = registry.end_shadow("ended by hand")
+    console.print(f"[green]ended[/] {', '.join(ended)}" if ended else "no challenger in shadow")
 
 
 @champion_app.command("repromote")

@@ -13,16 +13,28 @@ import pandas as pd
 import pytest
 import torch
 
-from mmfuse.inference.log import LOG_ENV, STAT_COLUMNS, InferenceLog, LogRecord, input_statistics, log_path, read_log
+from mmfuse.inference.log import (
+    LOG_ENV,
+    STAT_COLUMNS,
+    InferenceLog,
+    LogRecord,
+    ShadowRecord,
+    input_statistics,
+    log_path,
+    read_log,
+    shadow_evidence,
+)
 
 
-def record(request_id: str, ts: float | None = None, prediction: str = "one") -> LogRecord:
+def record(
+    request_id: str, ts: float | None = None, prediction: str = "one", version: str = "mmfuse:test"
+) -> LogRecord:
     """A prediction from an image and a text (no audio), as the service logs it."""
     return LogRecord(
         request_id=request_id,
         ts=time.time() if ts is None else ts,
         endpoint="predict",
-        model_version="mmfuse:test",
+        model_version=version,
         present=(True, False, True),
         stats=input_statistics(
             {
@@ -229,3 +241,37 @@ def test_a_log_written_before_trust_gains_its_columns_and_keeps_its_rows(tmp_pat
     frame = inference_log.read_log(old)
     assert list(frame["request_id"]) == ["old"]
     assert frame["audio_trust"].isna().all() and not frame["audio_set_aside"].any()
+
+
+def test_shadow_evidence_counts_only_this_champion_and_challenger(log):
+    """Agreement, failures and live accuracy of both, on exactly the requests both scored."""
+    champion, challenger = "mmfuse:a", "mmfuse-shadow:b"
+    # (champion's label, challenger's label or None for no answer, true label or None)
+    rows = [("one", "one", "one"), ("one", "zero", "zero"), ("zero", "zero", None), ("one", None, "one")]
+    for k, (ours, theirs, truth) in enumerate(rows):
+        log.record(record(f"r{k}", prediction=ours, version=champion))
+        error = None if theirs else "unsupported"
+        log.record(ShadowRecord(f"r{k}", time.time(), challenger, theirs, 0.9 if theirs else None, error))
+    log.record(record("other-champion", version="mmfuse:old"))  # served by another champion
+    log.record(ShadowRecord("other-champion", time.time(), challenger, "one", 0.9))
+    log.record(record("unshadowed", version=champion))  # the shadow queue was full
+    assert log.flush()
+    for k, (_, _, truth) in enumerate(rows):
+        if truth:
+            assert log.feedback(f"r{k}", truth) is not None
+    seen = shadow_evidence(log.path, champion, challenger)
+    assert (seen.requests, seen.agreed, seen.failed, seen.labelled) == (4, 2, 1, 3)
+    assert (seen.challenger_correct, seen.champion_correct) == (2, 2)
+    assert seen.agreement == 50.0 and seen.challenger_accuracy == seen.champion_accuracy == pytest.approx(66.6667)
+    assert shadow_evidence(log.path, champion, "mmfuse-shadow:other").requests == 0
+    empty = shadow_evidence(log.path.parent / "absent.sqlite", champion, challenger)
+    assert empty.requests == 0 and empty.agreement is None and empty.challenger_accuracy is None
+
+
+def test_shadow_rows_follow_the_retention_of_the_log(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=2, queue_size=100, max_age_days=90)
+    for k in range(4):
+        log.record(ShadowRecord(f"r{k}", time.time(), "mmfuse-shadow:b", "one", 0.5))
+    log.close()
+    with sqlite3.connect(tmp_path / "log.sqlite") as conn:
+        assert [r[0] for r in conn.execute("SELECT request_id FROM shadow ORDER BY rowid")] == ["r2", "r3"]

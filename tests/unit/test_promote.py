@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmfuse.inference import registry
-from mmfuse.params.promote import PromoteParams
-from mmfuse.stages.promote import decide, run
+from mmfuse.inference.log import InferenceLog, LogRecord, ShadowEvidence, ShadowRecord
+from mmfuse.params.promote import PromoteParams, ShadowParams
+from mmfuse.stages.promote import decide, run, shadow_gates
 
 SUBSETS = ("image", "audio", "text", "image+audio", "image+text", "audio+text", "image+audio+text")
 PARAMS = PromoteParams(min_accuracy=85.0, margin=0.0, subset_tolerance=1.0, max_ece=0.05)
@@ -93,7 +96,8 @@ def test_a_subset_regression_beyond_tolerance_fails():
 
 @pytest.fixture
 def stage_inputs(tmp_path):
-    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
+    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
+        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
     registry.decision_log().unlink(missing_ok=True)
     calibration = tmp_path / "calibration.json"
     calibration.write_text('{"temperature": 1.5}')
@@ -113,6 +117,7 @@ def run_promotion(
     reference: Path | None = None,
     experiment: str | None = None,
     evaluation: Path | None = None,
+    inference_log: Path | None = None,
 ) -> dict:
     return run(
         candidate=candidate,
@@ -125,6 +130,7 @@ def run_promotion(
         experiment=experiment,
         params_file=calibration.parent / "params.yaml",
         evaluation=evaluation,
+        inference_log=inference_log,
     )
 
 
@@ -251,3 +257,104 @@ def test_the_stage_takes_baselines_and_speakers_from_the_evaluate_metrics(stage_
     assert record["simpler_model"] == "late_fusion"
     assert record["failed_gates"] == ["beats_baseline:late_fusion", "floor:speaker:theo"]
     assert json.loads((tmp_path / "d.json").read_text())["gates"] == record["gates"]
+
+
+SHADOW = ShadowParams(require=True, min_requests=4, min_agreement=75.0, min_feedback=2, min_live_accuracy=50.0)
+
+
+def evidence(requests: int, agreed: int, labelled: int, challenger: int, champion: int) -> ShadowEvidence:
+    return ShadowEvidence("mmfuse:a", "mmfuse-shadow:b", requests, agreed, 0, labelled, challenger, champion)
+
+
+@pytest.mark.parametrize(
+    ("seen", "failed"),
+    [
+        (evidence(4, 3, 2, 2, 2), []),
+        (evidence(3, 3, 2, 2, 2), ["shadow_requests"]),
+        (evidence(4, 4, 0, 0, 0), ["shadow_feedback", "shadow_live_accuracy", "shadow_vs_champion_live"]),
+        (evidence(4, 2, 2, 2, 2), ["shadow_agreement"]),
+        (evidence(10, 9, 10, 6, 8), ["shadow_vs_champion_live"]),  # 60 % live vs the champion's 80 %
+        (evidence(10, 9, 10, 4, 4), ["shadow_live_accuracy"]),
+    ],
+)
+def test_each_shadow_gate_fails_on_its_own(seen, failed):
+    gates = shadow_gates(seen, SHADOW)
+    assert [g["gate"] for g in gates if not g["passed"]] == failed
+
+
+def _traffic(path: Path, champion: str, challenger: str, answers: list[tuple[str, str, str]]) -> None:
+    """Requests the champion answered, the challenger's shadow answers, and feedback."""
+    log = InferenceLog(path, max_rows=1000, queue_size=100, max_age_days=90)
+    for k, (ours, theirs, _) in enumerate(answers):
+        row = LogRecord(
+            f"{challenger}-{k}",
+            1.0e9 + k,
+            "predict",
+            champion,
+            (True, False, False),
+            {},
+            np.zeros(2),
+            ours,
+            0.9,
+            {ours: 0.9},
+            1.0,
+        )
+        log.record(row)
+        log.record(ShadowRecord(f"{challenger}-{k}", 1.0e9 + k, challenger, theirs, 0.8))
+    log.flush()
+    for k, (_, _, truth) in enumerate(answers):
+        log.feedback(f"{challenger}-{k}", truth)
+    log.close()
+
+
+def test_with_shadow_required_a_passing_challenger_waits_for_live_evidence(stage_inputs, monkeypatch):
+    tmp_path, calibration, summary = stage_inputs
+    monkeypatch.setattr(time, "time", lambda: 1.0e9 + 100)  # the log's age limit is measured from now
+    results = {b"A": scores(accuracy=90.0), b"B": scores(accuracy=93.0), b"C": scores(accuracy=94.0)}
+    scorer = lambda artifact: results[(artifact / "model.safetensors").read_bytes()]  # noqa: E731
+    params = PARAMS.model_copy(update={"shadow": SHADOW})
+    log = tmp_path / "log.sqlite"
+
+    def promote(name: str, weights: bytes) -> dict:
+        candidate = tmp_path / name
+        if not candidate.exists():
+            _candidate(candidate, weights)
+        return run_promotion(
+            candidate, calibration, summary, scorer, params, tmp_path / f"{name}.json", inference_log=log
+        )
+
+    first = promote("a", b"A")
+    assert first["verdict"] == "promote"  # the first champion has nothing to be compared with live
+    champion = first["promoted_tag"]
+    put = promote("b", b"B")
+    assert put["verdict"] == "shadow" and str(registry.champion().tag) == champion
+    challenger = put["shadow_tag"]
+    assert str(registry.challenger().tag) == challenger
+    waiting = promote("b", b"B")  # no traffic yet
+    assert waiting["verdict"] == "shadow" and waiting["failed_gates"][:2] == ["shadow_requests", "shadow_feedback"]
+    assert str(registry.challenger().tag) == challenger and "0/4 requests" in waiting["detail"]
+
+    _traffic(
+        log,
+        champion,
+        challenger,
+        [("one", "one", "one"), ("two", "two", "two"), ("one", "one", "zero"), ("zero", "one", "one")],
+    )
+    switched = promote("b", b"B")
+    assert switched["verdict"] == "promote" and switched["shadow"]["agreement"] == 75.0
+    assert switched["shadow"]["challenger_accuracy"] == 75.0 and switched["shadow"]["champion_accuracy"] == 50.0
+    assert str(registry.champion().tag) == switched["promoted_tag"] and registry.challenger() is None
+
+    put = promote("c", b"C")  # the next challenger disagrees too often
+    _traffic(log, switched["promoted_tag"], put["shadow_tag"], [("one", "two", "one")] * 4)
+    rejected = promote("c", b"C")
+    assert rejected["verdict"] == "reject" and "shadow_agreement" in rejected["failed_gates"]
+    assert str(registry.champion().tag) == switched["promoted_tag"]
+    assert [h["verdict"] for h in registry.history() if h["action"] == "promote"] == [
+        "promote",
+        "shadow",
+        "shadow",
+        "promote",
+        "shadow",
+        "reject",
+    ]

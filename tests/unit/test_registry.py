@@ -16,7 +16,8 @@ from mmfuse.inference import registry
 
 @pytest.fixture(autouse=True)
 def empty_store():
-    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
+    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
+        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
     shutil.rmtree(registry.store_root() / "mmfuse", ignore_errors=True)
 
 
@@ -186,3 +187,30 @@ def test_champion_show_names_incomplete_versions_and_the_failed_gates_of_a_rejec
     assert shown.exit_code == 0, shown.output
     assert f"champion {first}" in shown.output and "failed: beats_champion, max_ece" in shown.output
     assert "incomplete" not in shown.output
+
+
+def test_a_challenger_in_shadow_never_moves_the_champion_and_a_promotion_ends_it(tmp_path):
+    champion = registry.promote(_artifact(tmp_path, "a"), {})
+    assert registry.challenger() is None
+    first = registry.shadow(_artifact(tmp_path, "b"), {"accuracy": 93.0})
+    second = registry.shadow(_artifact(tmp_path, "c"), {"accuracy": 94.0})  # one challenger at a time
+    assert str(registry.challenger().tag) == second and first.startswith(registry.SHADOW_NAME + ":")
+    assert (Path(registry.challenger().path) / "config.json").read_text() == '{"name": "c"}'
+    assert str(registry.champion().tag) == champion and _name() == '{"name": "a"}'
+    assert [str(m.tag) for m in registry.versions()] == [champion]  # a challenger is no champion version
+    assert registry.challenger().info.labels[registry.ROLE_LABEL] == "challenger"
+    with pytest.raises(registry.RegistryError, match="no complete version"):
+        registry.rollback(to=second)
+    promoted = registry.promote(_artifact(tmp_path, "c2"), {})
+    assert registry.challenger() is None and str(registry.champion().tag) == promoted
+    actions = [(r["action"], r.get("removed")) for r in registry.history()]
+    assert actions == [("shadow", None), ("shadow", None), ("end_shadow", [second])]
+    assert registry.end_shadow("by hand") == []
+
+
+def test_a_torn_shadow_is_never_served_and_the_next_writer_removes_it(tmp_path):
+    registry.promote(_artifact(tmp_path, "a"), {})
+    tag = registry.shadow(_artifact(tmp_path, "b", files=2), {})
+    (Path(registry.challenger().path) / "part1.bin").write_bytes(b"torn")
+    assert registry.challenger() is None and registry.broken_versions() == [tag]
+    assert registry.clean() == [tag] and registry.broken_versions() == []

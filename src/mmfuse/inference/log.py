@@ -16,6 +16,9 @@ Why this shape:
   the oldest rows go first, so the file cannot grow without bound on a long-running
   server, and nothing is kept longer than the age limit (pruned when the log opens and
   with every write).
+- A challenger served in shadow gets its own table (`shadow`, one row per request it
+  scored, joined to `inference` by request id): the champion's rows stay as they were,
+  and the feedback stored on a request judges both answers.
 - Input statistics are computed from the preprocessed tensors by `input_statistics`, a
   pure function the drift reference can apply to the processed splits, so live and
   reference statistics are measured the same way.
@@ -30,10 +33,10 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,7 +47,7 @@ from mmfuse.preprocess.text import UNK_ID
 
 LOG_ENV = "MMFUSE_INFERENCE_LOG"
 DEFAULT_LOG = Path("data/inference/log.sqlite")
-SCHEMA_VERSION = 2  # 2: per-modality trust score and set-aside flag (older logs gain the columns, NULL)
+SCHEMA_VERSION = 3  # 2: per-modality trust score and set-aside flag (older logs gain the columns, NULL); 3: shadow
 TRUST_COLUMNS: tuple[str, ...] = tuple(f"{m}_trust" for m in MODALITIES)  # NULL where absent or no trust model
 SET_ASIDE_COLUMNS: tuple[str, ...] = tuple(f"{m}_set_aside" for m in MODALITIES)  # given but not believed
 STAT_COLUMNS: tuple[str, ...] = (
@@ -84,6 +87,15 @@ CREATE TABLE IF NOT EXISTS inference (
     {", ".join(f"{name} INTEGER" for name in SET_ASIDE_COLUMNS)}
 );
 CREATE INDEX IF NOT EXISTS inference_ts ON inference (ts);
+CREATE TABLE IF NOT EXISTS shadow (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    model_version TEXT NOT NULL,
+    prediction TEXT,
+    confidence REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS shadow_version ON shadow (model_version);
 """
 _COLUMNS = (
     "request_id",
@@ -100,9 +112,9 @@ _COLUMNS = (
     *TRUST_COLUMNS,
     *SET_ASIDE_COLUMNS,
 )
-_INSERT = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
-_PRUNE = "DELETE FROM inference WHERE rowid <= (SELECT MAX(rowid) FROM inference) - ?"
-_EXPIRE = "DELETE FROM inference WHERE ts < ?"
+_TABLES = ("inference", "shadow")
+_PRUNE = "DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?"
+_EXPIRE = "DELETE FROM {table} WHERE ts < ?"
 
 
 def log_path() -> Path:
@@ -140,6 +152,8 @@ def input_statistics(
 class LogRecord:
     """One served prediction; `row` (run by the writer thread) turns it into the stored columns."""
 
+    INSERT: ClassVar[str] = f"INSERT INTO inference ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
     request_id: str
     ts: float  # unix seconds (UTC)
     endpoint: str
@@ -170,6 +184,41 @@ class LogRecord:
             *self.trust,
             *(int(s) for s in self.set_aside),
         )
+
+
+@dataclass(frozen=True)
+class ShadowRecord:
+    """The challenger's answer to a request the champion answered (in shadow: never returned).
+
+    `error` names why it gave none (an InputProblem kind, "non_finite" or "model_error"),
+    which counts as a disagreement: a challenger that refuses what the champion answers is worse.
+    """
+
+    INSERT: ClassVar[str] = (
+        "INSERT OR REPLACE INTO shadow (request_id, ts, model_version, prediction, confidence, error) "
+        "VALUES (?, ?, ?, ?, ?, ?)"
+    )
+
+    request_id: str
+    ts: float
+    model_version: str
+    prediction: str | None
+    confidence: float | None
+    error: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.request_id, self.ts, self.model_version, self.prediction, self.confidence, self.error)
+
+
+def reach(work: queue.Queue[Any], timeout: float) -> bool:
+    """Queue a barrier and wait until the consumer of `work` sets it (every item before it is
+    done); False on timeout. The consumer sets each `threading.Event` it takes."""
+    barrier = threading.Event()
+    try:
+        work.put(barrier, timeout=timeout)
+    except queue.Full:
+        return False
+    return barrier.wait(timeout)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -207,15 +256,16 @@ class InferenceLog:
         conn = _connect(self.path)
         try:
             with conn:
-                conn.execute(_EXPIRE, (time.time() - self.max_age_s,))
+                for table in _TABLES:
+                    conn.execute(_EXPIRE.format(table=table), (time.time() - self.max_age_s,))
         finally:
             conn.close()
-        self._queue: queue.Queue[LogRecord | threading.Event | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[LogRecord | ShadowRecord | threading.Event | None] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
         self._thread.start()
 
-    def record(self, record: LogRecord) -> bool:
+    def record(self, record: LogRecord | ShadowRecord) -> bool:
         """Queue one record for writing; False when it had to be dropped."""
         if self._closed:
             return False
@@ -230,14 +280,7 @@ class InferenceLog:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued before this call is committed; False on timeout."""
-        if self._closed:
-            return True
-        barrier = threading.Event()
-        try:
-            self._queue.put(barrier, timeout=timeout)
-        except queue.Full:
-            return False
-        return barrier.wait(timeout)
+        return True if self._closed else reach(self._queue, timeout)
 
     def feedback(self, request_id: str, label: str) -> str | None:
         """Store the true label beside its request; return that request's prediction, None if unknown.
@@ -282,14 +325,14 @@ class InferenceLog:
             stop = False
             while not stop:
                 items = [self._queue.get()]
-                if isinstance(items[0], LogRecord):
+                if isinstance(items[0], (LogRecord, ShadowRecord)):
                     time.sleep(_LINGER_S)
                 while len(items) < _WRITE_BATCH:
                     try:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                records = [item for item in items if isinstance(item, LogRecord)]
+                records = [item for item in items if isinstance(item, (LogRecord, ShadowRecord))]
                 if records:
                     self._write(conn, records)
                 for item in items:
@@ -299,23 +342,26 @@ class InferenceLog:
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, records: list[LogRecord]) -> None:
-        rows = []
+    def _write(self, conn: sqlite3.Connection, records: list[LogRecord | ShadowRecord]) -> None:
+        rows: dict[str, list[tuple[Any, ...]]] = {}
         for record in records:
             try:
-                rows.append(record.row())
+                rows.setdefault(record.INSERT, []).append(record.row())
             except Exception:  # one malformed record must neither stop the writer nor take its batch down
                 self.failed += 1
                 logger.exception("inference log: record %s could not be prepared", record.request_id)
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_INSERT, rows)
-                conn.execute(_PRUNE, (self.max_rows,))
-                conn.execute(_EXPIRE, (time.time() - self.max_age_s,))
+                for insert, batch in rows.items():
+                    conn.executemany(insert, batch)
+                for table in _TABLES:
+                    conn.execute(_PRUNE.format(table=table), (self.max_rows,))
+                    conn.execute(_EXPIRE.format(table=table), (time.time() - self.max_age_s,))
         except sqlite3.Error:
-            self.failed += len(rows)
-            logger.exception("inference log: %d records could not be written to %s", len(rows), self.path)
+            lost = sum(len(batch) for batch in rows.values())
+            self.failed += lost
+            logger.exception("inference log: %d records could not be written to %s", lost, self.path)
 
 
 def _read_only(path: Path) -> sqlite3.Connection:
@@ -371,3 +417,70 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     frame[list(STAT_COLUMNS)] = frame[list(STAT_COLUMNS)].astype(float)
     frame["true_label"] = frame["true_label"].astype(object).where(frame["true_label"].notna(), None)
     return frame[columns]
+
+
+@dataclass(frozen=True)
+class ShadowEvidence:
+    """What shadow serving showed of a challenger against one champion, on the same requests."""
+
+    champion: str
+    challenger: str
+    requests: int  # answered by the champion and scored in shadow
+    agreed: int  # the challenger gave the champion's label
+    failed: int  # the challenger gave no answer (see ShadowRecord.error)
+    labelled: int  # of those requests, how many got feedback
+    challenger_correct: int
+    champion_correct: int
+
+    @staticmethod
+    def _percent(part: int, whole: int) -> float | None:
+        return round(100.0 * part / whole, 4) if whole else None
+
+    @property
+    def agreement(self) -> float | None:
+        """Percent of shadowed requests where both gave the same label; None before any."""
+        return self._percent(self.agreed, self.requests)
+
+    @property
+    def challenger_accuracy(self) -> float | None:
+        """Live accuracy of the challenger on the labelled requests; None before any feedback."""
+        return self._percent(self.challenger_correct, self.labelled)
+
+    @property
+    def champion_accuracy(self) -> float | None:
+        return self._percent(self.champion_correct, self.labelled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "agreement": self.agreement,
+            "challenger_accuracy": self.challenger_accuracy,
+            "champion_accuracy": self.champion_accuracy,
+        }
+
+
+def shadow_evidence(path: Path | str, champion: str, challenger: str) -> ShadowEvidence:
+    """Counted by SQLite over the requests `champion` answered and `challenger` scored in shadow.
+
+    A log that does not exist yet, or predates shadow serving, holds no evidence (all zero).
+    """
+    path = Path(path)
+    counts = (0,) * 6
+    if path.exists():
+        conn = _read_only(path)
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow'").fetchone():
+                counts = conn.execute(
+                    "SELECT COUNT(*), TOTAL(s.prediction = i.prediction), TOTAL(s.prediction IS NULL), "
+                    "TOTAL(i.true_label IS NOT NULL), TOTAL(s.prediction = i.true_label), "
+                    "TOTAL(i.prediction = i.true_label) "
+                    "FROM shadow AS s JOIN inference AS i USING (request_id) "
+                    "WHERE s.model_version = ? AND i.model_version = ?",
+                    (challenger, champion),
+                ).fetchone()
+        finally:
+            conn.close()
+    requests, agreed, failed, labelled, challenger_correct, champion_correct = (int(c) for c in counts)
+    return ShadowEvidence(
+        champion, challenger, requests, agreed, failed, labelled, challenger_correct, champion_correct
+    )

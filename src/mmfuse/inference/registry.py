@@ -11,6 +11,11 @@ interrupted one left (incomplete versions, its staging folder), so the store alw
 either the previous good state or the new complete one, never a visible mix.
 
 A rollback re-promotes an earlier champion as a new version, keeping history linear.
+
+A challenger that passed every offline gate can first be served *in shadow*: stored as the
+one version of a second entry (`mmfuse-shadow`), which the service scores beside the
+champion without answering with it. It never moves `mmfuse:latest`; any promotion ends it,
+since its evidence was gathered against the champion that promotion replaces.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from mmfuse.errors import MMFuseError
 from mmfuse.models.artifact import WEIGHTS
 
 MODEL_NAME = "mmfuse"
+SHADOW_NAME = "mmfuse-shadow"  # at most one version: the challenger served in shadow
 ROLE_LABEL = "role"
 FILES = "files"  # metadata: {relative path: size in bytes} of every file the version must hold
 MODEL_YAML = "model.yaml"  # BentoML's own description of a version, written by BentoML itself
@@ -61,14 +67,15 @@ def _staging_root() -> Path:
     return _own_dir() / "staging"
 
 
-def _version_dirs() -> list[Path]:
-    """Every version folder of the entry, whether or not BentoML can read it ($BENTOML_HOME/models/<name>/<version>)."""
-    entry = store_root() / "models" / MODEL_NAME
-    return sorted(p for p in entry.iterdir() if p.is_dir()) if entry.is_dir() else []
+def _version_dirs(*names: str) -> list[Path]:
+    """Every version folder of the entries `names` (default: both), whether or not BentoML can read it
+    ($BENTOML_HOME/models/<name>/<version>)."""
+    entries = [store_root() / "models" / name for name in names or (MODEL_NAME, SHADOW_NAME)]
+    return sorted(p for entry in entries if entry.is_dir() for p in entry.iterdir() if p.is_dir())
 
 
 def _tag(folder: Path) -> str:
-    return f"{MODEL_NAME}:{folder.name}"
+    return f"{folder.parent.name}:{folder.name}"
 
 
 def _load(tag: str) -> bentoml.Model | None:
@@ -128,9 +135,19 @@ def version(tag: str) -> bentoml.Model | None:
 
 
 def versions() -> list[bentoml.Model]:
-    """Every complete version the store holds, oldest first."""
-    found = [m for m in map(version, map(_tag, _version_dirs())) if m is not None]
+    """Every complete champion version the store holds, oldest first."""
+    found = [m for m in map(version, map(_tag, _version_dirs(MODEL_NAME))) if m is not None]
     return sorted(found, key=lambda m: m.info.creation_time)
+
+
+def challenger() -> bentoml.Model | None:
+    """The challenger served in shadow, None when there is none or it is incomplete: a shadow
+    is optional, so a broken one is skipped (and cleaned by the next writer), never fatal."""
+    try:
+        model = bentoml.models.get(f"{SHADOW_NAME}:latest")
+    except BentoMLException:  # NotFound included
+        return None
+    return None if missing_files(model) else model
 
 
 def champion_path() -> Path:
@@ -188,8 +205,10 @@ def clean() -> list[str]:
         return removed
 
 
-def _store(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path]) -> bentoml.Model:
-    """A new version holding `artifact_dir` plus `companions` ({file name: path}); call under the lock.
+def _store(
+    artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path], name: str = MODEL_NAME
+) -> bentoml.Model:
+    """A new version of `name` holding `artifact_dir` plus `companions` ({file name: path}); call under the lock.
 
     BentoML builds a version in a temp folder before copying it into the store; it is put
     under our own staging folder, so a kill leaves nothing behind that the next writer does
@@ -201,7 +220,8 @@ def _store(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, P
     metadata = {**_without_none(metadata), FILES: files}
     system_tmp, tempfile.tempdir = tempfile.tempdir, str(staging)
     try:
-        with bentoml.models.create(MODEL_NAME, labels={ROLE_LABEL: "champion"}, metadata=metadata) as model:
+        role = "champion" if name == MODEL_NAME else "challenger"
+        with bentoml.models.create(name, labels={ROLE_LABEL: role}, metadata=metadata) as model:
             shutil.copytree(artifact_dir, model.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MODEL_YAML))
             for name, path in companions.items():
                 shutil.copyfile(path, Path(model.path) / name)
@@ -233,14 +253,45 @@ def history() -> list[dict[str, Any]]:
     return records
 
 
+def _end_shadow() -> list[str]:
+    """Delete every shadow version (call under the lock); their tags."""
+    ended = [_tag(folder) for folder in _version_dirs(SHADOW_NAME)]
+    for tag in ended:
+        bentoml.models.delete(tag)
+    return ended
+
+
 def promote(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path] | None = None) -> str:
     """Store `artifact_dir` and its `companions` ({file name: path}, e.g. calibration, trust) as the
-    new champion; return its tag. What an interrupted promotion left is removed first."""
+    new champion; return its tag. What an interrupted promotion left is removed first, and any
+    shadow ends (the challenger became the champion, or its evidence was against the old one)."""
     with _writing():
         previous = champion()
         metadata = {**metadata, "previous": str(previous.tag) if previous else None}
         model = _store(Path(artifact_dir), metadata, dict(companions or {}))
+        ended = _end_shadow()
+    if ended:
+        log_decision({"action": "end_shadow", "removed": ended, "reason": f"{model.tag} promoted"})
     return str(model.tag)
+
+
+def shadow(artifact_dir: Path, metadata: dict[str, Any], companions: dict[str, Path] | None = None) -> str:
+    """Store `artifact_dir` (and `companions`) as the challenger served in shadow, replacing any
+    earlier one; the champion is untouched. A running service scores it from its next start."""
+    with _writing():
+        replaced = _end_shadow()
+        model = _store(Path(artifact_dir), metadata, dict(companions or {}), name=SHADOW_NAME)
+    log_decision({"action": "shadow", "tag": str(model.tag), "replaced": replaced})
+    return str(model.tag)
+
+
+def end_shadow(reason: str) -> list[str]:
+    """Stop shadowing: delete the challenger's shadow copy (recorded with `reason`); the removed tags."""
+    with _writing():
+        ended = _end_shadow()
+    if ended:
+        log_decision({"action": "end_shadow", "removed": ended, "reason": reason})
+    return ended
 
 
 def lineage(model: bentoml.Model) -> str:
@@ -271,7 +322,7 @@ def rollback(to: str | None = None) -> str:
                     "to. `mmfuse champion rollback --to TAG` restores any version `mmfuse champion show` lists."
                 )
         to = to if ":" in to else f"{MODEL_NAME}:{to}"
-        target = version(to)
+        target = version(to) if to.startswith(f"{MODEL_NAME}:") else None  # a challenger is no earlier champion
         if target is None:
             raise RegistryError(f"{to} is no complete version in the model store: `mmfuse champion show` lists them.")
         origin = lineage(target)

@@ -7,6 +7,22 @@ from pydantic import Field
 from mmfuse.params.base import Section
 
 
+class ShadowParams(Section):
+    """Live evidence a challenger must show in shadow before the switch (ML Test Score I6: a canary).
+
+    With `require`, a challenger that passes every offline gate is first served in shadow
+    (the champion still answers); `mmfuse champion repromote` then promotes it once enough
+    of the champion's requests were scored by both and enough of them got feedback.
+    """
+
+    require: bool = False  # the first champion never waits: there is nothing to shadow
+    min_requests: int = Field(200, ge=1)  # requests both scored
+    min_agreement: float = Field(90.0, ge=0, le=100)  # percent of them given the champion's label
+    min_feedback: int = Field(50, ge=1)  # of those requests, how many must carry the true label
+    min_live_accuracy: float = Field(85.0, ge=0, le=100)  # the challenger's accuracy on them (percent)
+    live_tolerance: float = Field(1.0, ge=0)  # and no more than this below the champion's on the same requests
+
+
 class PromoteParams(Section):
     """Gates a challenger must pass to become champion."""
 
@@ -21,3 +37,4 @@ class PromoteParams(Section):
     subset_floors: dict[str, float] = {}  # per-subset floors replacing min_subset_accuracy, e.g. {"image": 60}
     min_class_accuracy: float = Field(80.0, ge=0, le=100)  # floor for each class's recall (percent)
     min_speaker_accuracy: float = Field(80.0, ge=0, le=100)  # floor per speaker, where the data names speakers
+    shadow: ShadowParams = ShadowParams()  # canary: live evidence before the switch

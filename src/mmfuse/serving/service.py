@@ -17,7 +17,10 @@ $MMFUSE_INFERENCE_LOG (default data/inference/log.sqlite), and setting $MMFUSE_A
 turns on bearer-token auth for the three POST endpoints.
 
 The champion is `mmfuse:latest` at start-up; a newly promoted champion is served after
-a restart (or a rebuilt bento), so one server process never mixes two models.
+a restart (or a rebuilt bento), so one server process never mixes two models. A challenger
+the promote stage put in shadow (`promote.shadow.require`) is scored beside it from the
+same start-up (serving/shadow.py; `serve.shadow: false` turns that off): its answers go to
+the inference log only.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from mmfuse.serving.api import PROTECTED, SERVE, FeedbackResponse, ServiceBindin
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
 from mmfuse.serving.http import BodySizeLimit, Loc, Problem, RequestRejected
+from mmfuse.serving.shadow import ShadowScorer
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +94,28 @@ class MMFuse:
             self.predictor.forward, SERVE.max_batch_size, SERVE.batch_wait_ms / 1000, on_batch=histogram.observe
         )
         self.limiter = anyio.CapacityLimiter(SERVE.threads)  # requests this worker serves at once
+        self.shadow = self._shadow() if SERVE.shadow else None
+
+    def _shadow(self) -> ShadowScorer | None:
+        """The store's challenger, scored in shadow; None when there is none or it cannot be loaded
+        (the champion is served either way: a canary is never a reason not to serve)."""
+        stored = registry.challenger()
+        if stored is None:
+            return None
+        try:
+            predictor = Predictor(Path(stored.path), str(stored.tag))
+        except Exception:
+            logger.exception("the challenger %s cannot be loaded: serving without shadow", stored.tag)
+            return None
+        logger.info("scoring %s in shadow beside the champion %s", stored.tag, self.predictor.version)
+        return ShadowScorer(predictor, self.log, SERVE.shadow_queue_size)
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Refuse new model calls and write the queued log records before the process exits."""
+        """Refuse new model calls, let the shadow finish, and write the queued log records before the process exits."""
         self.batcher.close()
+        if self.shadow is not None:
+            self.shadow.close()
         self.log.close()
 
     def classify(self, samples: list[RawSample], locs: list[Loc], endpoint: str) -> list[Prediction]:
@@ -114,7 +135,10 @@ class MMFuse:
                 problems.append((STATUS[problem.kind], Problem((*loc, problem.field), problem.message, problem.kind)))
         if problems:
             raise RequestRejected(min(status for status, _ in problems), [p for _, p in problems])
-        return self._answer(prepared, endpoint, started)
+        predictions = self._answer(prepared, endpoint, started)
+        if self.shadow is not None:
+            self.shadow.submit(samples, [p.request_id for p in predictions])
+        return predictions
 
     def record_feedback(self, request_id: str, label: str) -> FeedbackResponse:
         """Store the true label of an earlier prediction beside it in the inference log.

@@ -7,6 +7,11 @@ value and threshold, and why; a failed gate leaves the champion untouched.
 An experiment (`dvc exp run`, which DVC marks with $DVC_EXP_NAME) decides but does not
 publish: it trained what its own params say, and production must not change because someone
 tried an idea. Its record says what it would have done; `promote.from_experiments` opts in.
+
+With `promote.shadow.require` a challenger that passes every offline gate does not switch
+at once: it is served in shadow beside the champion (verdict "shadow") and the next
+decision (`mmfuse champion repromote`, after the service restarted and traffic came) adds
+the shadow gates, on what the inference log holds for exactly this champion and challenger.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import typer
 from mmfuse.evaluation.predict import FUSED, REFERENCE
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
+from mmfuse.inference.log import ShadowEvidence, log_path, shadow_evidence
 from mmfuse.io import write_json
 from mmfuse.models.artifact import CALIBRATION, REFERENCE_FILE, WEIGHTS, read_temperature
 from mmfuse.models.trust import TRUST
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
-from mmfuse.params.promote import PromoteParams
+from mmfuse.params.promote import PromoteParams, ShadowParams
 from mmfuse.stages import console, stage_cli
 
 EXPERIMENT_ENV = "DVC_EXP_NAME"  # set by `dvc exp run` for every stage it runs
@@ -163,6 +169,102 @@ def decide(
     return record
 
 
+WAITING_GATES = ("shadow_requests", "shadow_feedback")  # failing one means: not enough traffic yet, wait
+
+
+def shadow_gates(evidence: ShadowEvidence, params: ShadowParams) -> list[dict[str, Any]]:
+    """The canary's gates on live traffic: enough requests and feedback, agreement with the
+    champion, and live accuracy both absolute and against the champion on the same requests."""
+    ours, theirs = evidence.challenger_accuracy, evidence.champion_accuracy
+    return [
+        _gate(
+            "shadow_requests",
+            evidence.requests,
+            params.min_requests,
+            evidence.requests >= params.min_requests,
+            "champion requests the challenger also scored in shadow",
+        ),
+        _gate(
+            "shadow_feedback",
+            evidence.labelled,
+            params.min_feedback,
+            evidence.labelled >= params.min_feedback,
+            "of them, requests with feedback (the true label)",
+        ),
+        _gate(
+            "shadow_agreement",
+            evidence.agreement,
+            params.min_agreement,
+            evidence.agreement is not None and evidence.agreement >= params.min_agreement,
+            "percent of shadowed requests given the champion's label (no answer counts as a disagreement)",
+        ),
+        _gate(
+            "shadow_live_accuracy",
+            ours,
+            params.min_live_accuracy,
+            ours is not None and ours >= params.min_live_accuracy,
+            "the challenger's accuracy on the labelled shadowed requests",
+        ),
+        _gate(
+            "shadow_vs_champion_live",
+            ours,
+            None if theirs is None else round(theirs - params.live_tolerance, 4),
+            ours is not None and theirs is not None and ours >= theirs - params.live_tolerance,
+            "live accuracy >= the champion's on the same requests - promote.shadow.live_tolerance",
+        ),
+    ]
+
+
+def _through_shadow(
+    record: dict[str, Any],
+    candidate: Path,
+    companions: dict[str, Path],
+    metadata: dict[str, Any],
+    params: ShadowParams,
+    inference_log: Path,
+) -> dict[str, Any]:
+    """A challenger that passed offline: put it in shadow, or judge what its shadow showed.
+
+    It is "the same challenger" when the shadow copy holds the same weights and companions;
+    anything else replaces the shadow and starts the evidence afresh.
+    """
+    champion_tag = record["champion_tag"]
+    shadowed = registry.challenger()
+    if shadowed is None or _changed_files(Path(shadowed.path), candidate, companions):
+        tag = registry.shadow(candidate, metadata, companions)
+        return {
+            **record,
+            "verdict": "shadow",
+            "shadow_tag": tag,
+            "detail": (
+                f"passed every offline gate; {tag} is now served in shadow beside {champion_tag} from the service's "
+                f"next start. Once {params.min_requests} requests and {params.min_feedback} labels have come, "
+                "`mmfuse champion repromote` decides on the live evidence."
+            ),
+        }
+    evidence = shadow_evidence(inference_log, champion_tag, str(shadowed.tag))
+    gates = shadow_gates(evidence, params)
+    failed = [g["gate"] for g in gates if not g["passed"]]
+    record = {
+        **record,
+        "gates": record["gates"] + gates,
+        "failed_gates": record["failed_gates"] + failed,
+        "shadow_tag": str(shadowed.tag),
+        "shadow": evidence.to_dict(),
+    }
+    if set(failed) & set(WAITING_GATES):  # too little evidence yet to judge the rest on
+        record.update(
+            verdict="shadow",
+            detail=(
+                f"{shadowed.tag} is still in shadow: {evidence.requests}/{params.min_requests} requests, "
+                f"{evidence.labelled}/{params.min_feedback} with feedback; rerun `mmfuse champion repromote` later"
+            ),
+        )
+    elif failed:
+        record.update(verdict="reject", detail=f"{shadowed.tag} fell short in shadow: {', '.join(failed)}")
+    return record
+
+
 def _git_commit() -> str:
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else "unknown"
@@ -197,6 +299,7 @@ def run(
     experiment: str | None = None,
     params_file: Path = Path("params.yaml"),
     evaluation: Path | None = None,
+    inference_log: Path | None = None,
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer`, decide, and promote on success.
 
@@ -207,7 +310,8 @@ def run(
     `evaluation` (the evaluate stage's metrics of this candidate) supplies the simpler
     models the challenger must beat and its per-speaker accuracies, which get floors.
     The lineage stored with a champion names what was trained: the experiment, the digest
-    of the params file the run read and the candidate's own training params.
+    of the params file the run read and the candidate's own training params. `inference_log`
+    (default: the service's) holds the shadow evidence `params.shadow` judges.
     """
     candidate, calibration_path = Path(candidate), Path(calibration)
     companions = {CALIBRATION: calibration_path, TRUST: trust, REFERENCE_FILE: reference}
@@ -247,26 +351,31 @@ def run(
                 "`dvc repro` (or set promote.from_experiments: true) to make it the champion"
             ),
         )
+    config = json.loads((candidate / "config.json").read_text())
+    metadata = {
+        "accuracy": challenger["accuracy"],
+        "ece": challenger["ece"],
+        "subsets": challenger["subsets"],
+        "temperature": temperature,
+        "git_commit": _git_commit(),
+        "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
+        "params_sha256": _file_digest(Path(params_file)),
+        "experiment": experiment,
+        "train": config.get("train", {}),
+        "preprocessing": config.get("preprocessing", {}).get("params", {}),
+    }
+    if record["verdict"] == "promote" and params.shadow.require and current is not None:
+        record = _through_shadow(
+            record, candidate, companions, metadata, params.shadow, Path(inference_log or log_path())
+        )
     if record["verdict"] == "promote":
-        config = json.loads((candidate / "config.json").read_text())
-        metadata = {
-            "accuracy": challenger["accuracy"],
-            "ece": challenger["ece"],
-            "subsets": challenger["subsets"],
-            "temperature": temperature,
-            "git_commit": _git_commit(),
-            "dvc_lock_sha256": _file_digest(Path("dvc.lock")),
-            "params_sha256": _file_digest(Path(params_file)),
-            "experiment": experiment,
-            "train": config.get("train", {}),
-            "preprocessing": config.get("preprocessing", {}).get("params", {}),
-        }
         record["promoted_tag"] = registry.promote(candidate, metadata, companions)
     registry.log_decision(
         {
             "action": "promote",
             **{k: record[k] for k in ("verdict", "failed_gates", "champion_tag")},
             "promoted_tag": record.get("promoted_tag"),
+            "shadow_tag": record.get("shadow_tag"),
         }
     )
     write_json(Path(decision), record)
@@ -308,7 +417,7 @@ def main(
     )
     if record["verdict"] == "promote":
         console.print(f"[green]promoted[/] {record['promoted_tag']}")
-    elif record["verdict"] in ("keep", "experiment"):
+    elif record["verdict"] in ("keep", "experiment", "shadow"):
         console.print(f"[yellow]kept[/] {record['champion_tag']}: {record['detail']}")
     else:
         console.print(
