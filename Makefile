@@ -11,15 +11,33 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test bench clean-venv
+# Every package, direct or not, comes from requirements-dev.lock: pinned, with hashes, so an
+# upstream release cannot change a build. torch is its CPU build (2.13.0+cpu): where pip has no
+# copy of it, name PyTorch's CPU index: `make run TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
+INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+LOCK_ARGS  := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+              --custom-compile-command "make lock" --quiet \
+              $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match) \
+              $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
+
+.PHONY: setup run test bench lock clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps $(INDEX_ARGS) -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# After changing a pin in pyproject.toml or requirements-serve.in: re-resolve make's lock, then the
+# bento's, held to the same versions; then `make setup`.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_ARGS) -o requirements-dev.lock
+	$(BIN)/uv pip compile requirements-serve.in --constraint requirements-dev.lock $(LOCK_ARGS) \
+	  -o requirements-serve.lock
 
 run: $(STAMP)
 	mmfuse fetch
