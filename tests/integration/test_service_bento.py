@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,4 +40,7 @@ def test_bentoml_build_makes_a_bento_with_the_champion():
         assert (bento / "src" / path).exists(), path
     assert not list((bento / "src").glob("data/**/*")) and not (bento / "src" / ".venv").exists()
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "torch==2.13.0" in requirements
+    locked = (ROOT / "requirements-serve.lock").read_text()
+    pins_and_hashes = re.compile(r"^[\w.-]+==\S+|sha256:[0-9a-f]{64}", re.M)
+    assert set(pins_and_hashes.findall(locked)) == set(pins_and_hashes.findall(requirements))
+    assert "torch==2.13.0+cpu" in requirements
