@@ -286,4 +286,8 @@ def test_offline_and_live_accuracy_are_reported_side_by_side_per_version(setup, 
         assert versions[tag]["live_accuracy"] == live and versions[tag]["offline_accuracy"] == offline
         assert versions[tag]["gap_points"] == round(offline - live, 2)
     assert versions[tags[1]]["gap_points"] > versions[tags[0]]["gap_points"] + 5  # the second tracks worse
+    # past monitor.max_offline_gap (10 points) only the second: it is the serving champion, so it alerts
+    assert [versions[t]["gap_exceeded"] for t in tags] == [False, True]
+    gap_alerts = [a for a in result.summary["alerts"] if a.startswith("offline/online gap")]
+    assert len(gap_alerts) == 1 and tags[1] in gap_alerts[0]
     assert f"| {tags[1]} | 94.0 |" in summary_markdown(result)

@@ -126,31 +126,43 @@ def alerts(summary: dict[str, Any]) -> list[str]:
     if summary.get("champion_stale"):
         c = summary["champion"]
         found.append(f"champion stale: {c['tag']} trained {c['age_days']:.0f} days ago (limit {c['max_age_days']:.0f})")
+    serving = (summary.get("champion") or {}).get("tag")
+    for row in summary.get("versions", []):
+        if row["gap_exceeded"] and row["version"] == serving:
+            found.append(
+                f"offline/online gap: {row['version']} scores {row['live_accuracy']} % live on {row['feedback']} "
+                f"labelled requests vs {row['offline_accuracy']} % on the test split (limit {row['max_gap']} points): "
+                "the test split no longer resembles traffic"
+            )
     if summary.get("trigger_error"):
         found.append(f"retraining was not started: {summary['trigger_error']}")
     return found
 
 
-def offline_vs_online(counts: pd.DataFrame) -> list[dict[str, Any]]:
+def offline_vs_online(counts: pd.DataFrame, max_gap: float, min_feedback: int) -> list[dict[str, Any]]:
     """Per model version that served labelled requests: its offline test accuracy (recorded at
     promotion) beside its live accuracy from feedback, and the gap (ML Test Score M2).
 
     `counts` is `feedback_by_version` of the whole log, not one window: a version's live
     accuracy accumulates while it serves. A gap that grows from version to version says the
-    test split stopped resembling traffic.
+    test split stopped resembling traffic; past `max_gap` points on at least `min_feedback`
+    labels it is flagged (`gap_exceeded`), and `alerts` reports it for the serving champion.
     """
     rows = []
     for version, feedback, correct in counts.itertuples(index=False):  # one row per model version
         model = registry.version(str(version))
         offline = model.info.metadata.get("accuracy") if model is not None else None
         live = round(100.0 * correct / feedback, 2)
+        gap = round(offline - live, 2) if offline is not None else None
         rows.append(
             {
                 "version": str(version),
                 "offline_accuracy": offline,
                 "live_accuracy": live,
                 "feedback": int(feedback),
-                "gap_points": round(offline - live, 2) if offline is not None else None,
+                "gap_points": gap,
+                "max_gap": max_gap,
+                "gap_exceeded": gap is not None and feedback >= min_feedback and gap > max_gap,
             }
         )
     return rows
@@ -180,7 +192,7 @@ def run_check(
         "drift_share": params.drift_share,
         "champion": champion,
         "champion_stale": bool(champion and champion["stale"]),
-        "versions": offline_vs_online(feedback_by_version(log)),
+        "versions": offline_vs_online(feedback_by_version(log), params.max_offline_gap, params.min_feedback),
     }
     out_dir = project / params.reports_dir
     if len(window) < params.min_records:

@@ -26,6 +26,7 @@ class MonitorParams(Section):
     sensor_setaside_rate: float = Field(0.2, gt=0, le=1)  # a modality set aside more often than this: sensor failing
     modality_tolerance: float = Field(0.25, ge=0, le=1)  # allowed gap between live and reference modality shares
     max_champion_age_days: float = Field(30.0, gt=0)  # a champion trained longer ago than this is reported stale
+    max_offline_gap: float = Field(10.0, ge=0)  # offline test accuracy minus live accuracy (points) that alerts
     notify_block: str = "custom-webhook/mmfuse-alerts"  # the Prefect notification block alerts go to
     training_deployment: str = "nightly"  # the training flow's deployment name: drift runs "mmfuse-training/<this>"
     training_cron: str = "0 2 * * *"  # nightly retraining
