@@ -51,7 +51,7 @@ from mmfuse.serving.http import (
 
 SERVE = load_serve_params()  # params.yaml's serve: section, read once per process
 DEMO_PAGE = Path(__file__).parent / "static" / "demo.html"
-PROTECTED = frozenset({"/predict", "/predict_batch", "/feedback"})  # what bearer auth guards
+PROTECTED = frozenset({"/predict", "/predict_batch", "/feedback", "/reload"})  # what bearer auth guards
 FORM_FIELDS = ("image", "audio", "text")
 FILE_KINDS = {"image": "image/", "audio": "audio/"}  # a declared part type must match (or be generic)
 GENERIC_TYPES = frozenset({"", "application/octet-stream"})
@@ -113,6 +113,12 @@ class FeedbackResponse(BaseModel):
     correct: bool
 
 
+class ReloadResponse(BaseModel):
+    champion: str = Field(description="the model version this worker now answers with")
+    challenger: str | None = Field(description="the model version it scores in shadow, if any")
+    changed: bool = Field(description="whether this call swapped either")
+
+
 class ErrorDetail(BaseModel):
     loc: list[str | int] = Field(description="where: the field first, then any index or key inside it")
     msg: str
@@ -137,6 +143,8 @@ class Backend(Protocol):
     def classify(self, samples: list[RawSample], locs: list[Loc], endpoint: str) -> list[Prediction]: ...
 
     def record_feedback(self, request_id: str, label: str) -> FeedbackResponse: ...
+
+    def reload(self) -> ReloadResponse: ...
 
 
 class ServiceBinding:
@@ -247,6 +255,12 @@ async def feedback(request: Request) -> Response:
     return JSONResponse(stored.model_dump(mode="json"))
 
 
+async def reload(request: Request) -> Response:
+    """POST /reload: serve the store's champion (and challenger) now, instead of at the next look."""
+    backend = _backend(request)
+    return JSONResponse((await _on_thread(backend, backend.reload)).model_dump(mode="json"))
+
+
 async def docs(_: Request) -> Response:
     return HTMLResponse(docs_page())
 
@@ -270,6 +284,7 @@ ROUTES: list[tuple[str, str, Endpoint]] = [
     ("POST", "/predict", predict),
     ("POST", "/predict_batch", predict_batch),
     ("POST", "/feedback", feedback),
+    ("POST", "/reload", reload),
     ("GET", "/", docs),  # BentoML's own index page loads a tag manager: ours replaces it
     ("GET", "/docs", docs),
     ("GET", "/docs.json", docs_json),
@@ -293,6 +308,7 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
         413: "the body is over serve.max_request_bytes",
         415: "wrong Content-Type, or a file declared as the wrong kind",
         422: "a medium cannot be decoded or is out of range, or the model lacks the modality",
+        503: "the model store holds no complete champion: the current model keeps serving",
     }
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     return {str(status): {"description": meaning[status], "content": error} for status in statuses}
@@ -357,6 +373,7 @@ def openapi_spec() -> dict[str, Any]:
         (Contribution, "serialization"),
         (PredictBatchResponse, "serialization"),
         (FeedbackResponse, "serialization"),
+        (ReloadResponse, "serialization"),
         (ErrorResponse, "serialization"),
     ]
     _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
@@ -445,6 +462,21 @@ def openapi_spec() -> dict[str, Any]:
                         '-H "Content-Type: application/json"',
                         """-d '{"request_id": "<from a prediction>", "label": "five"}'""",
                     ),
+                }
+            },
+            "/reload": {
+                "post": {
+                    "operationId": "reload",
+                    "tags": ["models"],
+                    "summary": "Serve the store's champion now",
+                    "description": (
+                        "Each worker also looks every serve.reload_interval_s seconds. The new model is loaded, "
+                        "then swapped in between requests: requests in flight finish on the model they started "
+                        "with. With several workers, this call reaches one of them."
+                    ),
+                    "security": _SECURED,
+                    "responses": {**_ok(ReloadResponse, "the versions now served"), **_error_responses(401, 503)},
+                    "x-codeSamples": _curl("/reload"),
                 }
             },
             "/livez": {

@@ -237,8 +237,9 @@ def _through_shadow(
             "verdict": "shadow",
             "shadow_tag": tag,
             "detail": (
-                f"passed every offline gate; {tag} is now served in shadow beside {champion_tag} from the service's "
-                f"next start. Once {params.min_requests} requests and {params.min_feedback} labels have come, "
+                f"passed every offline gate; {tag} is now scored in shadow beside {champion_tag} (a running service "
+                f"picks it up within serve.reload_interval_s). Once {params.min_requests} requests and "
+                f"{params.min_feedback} labels have come, "
                 "`mmfuse champion repromote` decides on the live evidence."
             ),
         }
