@@ -192,8 +192,9 @@ def test_row_without_any_modality_fails(dataset):
     assert "manifest/has_modality" in message and "s5 (row 6)" in message
 
 
-def test_a_text_of_only_whitespace_is_no_text(dataset):
-    dataset.row("s5").update(image="", audio="", text=" \t ")
+@pytest.mark.parametrize("text", [" \t ", "??", "\u200b"], ids=["whitespace", "punctuation", "zero-width space"])
+def test_a_text_that_normalises_to_nothing_is_no_text(dataset, text):
+    dataset.row("s5").update(image="", audio="", text=text)
     _, summary = dataset.fail()
     assert "has_modality" in failed_names(summary)
     assert entry(summary, "has_modality")["examples"][0]["sample_id"] == "s5"

@@ -157,6 +157,8 @@ BAD_PREDICTS: dict[str, tuple[dict[str, Any], int, tuple[Any, ...]]] = {
     "truncated audio": ({"files": {"audio": ("x.wav", truncated_wav(), "audio/wav")}}, 422, ("audio",)),
     "audio of one sample": ({"files": {"audio": ("x.wav", wav(seconds=1 / 8000), "audio/wav")}}, 422, ("audio",)),
     "a text of only whitespace": ({"data": {"text": " \t\n "}}, 400, ("body",)),
+    "a text of only punctuation": ({"data": {"text": "?!"}}, 400, ("body",)),
+    "a text of a zero-width space": ({"data": {"text": "\u200b"}}, 400, ("body",)),
     "text over the length limit": ({"data": {"text": "x" * 101}}, 422, ("text",)),
     "text over the field size limit": ({"data": {"text": "x" * 70_000}}, 400, ("text",)),
     "image as a plain field": ({"data": {"image": "not a file", "text": "one"}}, 400, ("image",)),
@@ -210,6 +212,7 @@ BAD_BATCHES: dict[str, tuple[Any, int, tuple[Any, ...]]] = {
     "image not base64": ({"samples": [{"image": "%%%"}]}, 400, ("samples", 0, "image")),
     "a sample with no modality": ({"samples": [{"text": "one"}, {}]}, 400, ("samples", 1, "body")),
     "a sample of only whitespace text": ({"samples": [{"text": "   "}]}, 400, ("samples", 0, "body")),
+    "a sample whose text normalises to nothing": ({"samples": [{"text": "??"}]}, 400, ("samples", 0, "body")),
     "a decompression bomb": ({"samples": [{"image": b64(bomb_png())}]}, 422, ("samples", 0, "image")),
     "truncated audio": ({"samples": [{"audio": b64(truncated_wav())}]}, 422, ("samples", 0, "audio")),
     "an undecodable image": ({"samples": [{"text": "one"}, {"image": b64(b"nope")}]}, 422, ("samples", 1, "image")),
@@ -289,6 +292,9 @@ BAD_FEEDBACK: dict[str, tuple[dict[str, Any], int, tuple[Any, ...]]] = {
     "unknown label": ({"request_id": "0" * 32, "label": "seven"}, 400, ("label",)),
     "missing label": ({"request_id": "0" * 32}, 400, ("label",)),
     "label not a string": ({"request_id": "0" * 32, "label": 1}, 400, ("label",)),
+    "request id one character short": ({"request_id": "0" * 31, "label": "one"}, 400, ("request_id",)),
+    "label over 256 characters": ({"request_id": "0" * 32, "label": "x" * 257}, 400, ("label",)),
+    "unknown key": ({"request_id": "0" * 32, "label": "one", "note": "x"}, 400, ("note",)),
 }
 
 
@@ -301,8 +307,21 @@ def test_bad_feedback_gets_a_4xx_json_naming_the_field(service, case):
 def test_the_service_stays_up_after_bad_input(service):
     for kwargs, _, _ in BAD_PREDICTS.values():
         service.client.post("/predict", **kwargs)
+    for body, _, _ in BAD_BATCHES.values():
+        service.client.post("/predict_batch", content=body if isinstance(body, bytes) else json.dumps(body).encode())
+    for body, _, _ in BAD_FEEDBACK.values():
+        service.client.post("/feedback", json=body)
+    assert len(BAD_PREDICTS) + len(BAD_BATCHES) + len(BAD_FEEDBACK) >= 40  # the malformed-input corpus
     assert service.client.get("/readyz").status_code == 200
     assert predict(service.client, image=True, audio=True, text="one").status_code == 200
+
+
+def test_inputs_just_inside_the_limits_are_answered(service):
+    """Each limit's other side: one character, one sample under it is still served."""
+    assert predict(service.client, text="x" * 100).status_code == 200  # max_chars 100 (101 is refused)
+    batch = service.client.post("/predict_batch", json={"samples": [{"text": "one"}] * 64})  # 65 is refused
+    assert batch.status_code == 200 and len(batch.json()["predictions"]) == 64
+    assert predict(service.client, text="?a").status_code == 200  # punctuation beside a letter is a text
 
 
 def test_health_openapi_and_demo_are_served(service):

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from mmfuse.data.manifest import text_given
 from mmfuse.errors import ConfigError, MediaError
 from mmfuse.params.preprocess import TextParams
 from mmfuse.preprocess.text import Vocabulary, clean_text, normalise_text
@@ -74,3 +75,26 @@ def test_rare_characters_fall_to_unk():
 def test_a_foreign_vocabulary_is_refused():
     with pytest.raises(ConfigError, match="not a character vocabulary"):
         Vocabulary.from_dict({"level": "word", "tokens": ["<pad>", "<unk>", "five"]})
+
+
+@pytest.mark.parametrize(
+    ("text", "given"),
+    [
+        ("seven", True),
+        ("7", True),
+        ("?a", True),
+        ("e\u0301", True),  # a letter with a combining accent
+        (b"\xff", True),  # not UTF-8: given, so that preprocessing names the fault
+        ("", False),
+        (" \t\n", False),
+        ("??", False),
+        ("\u200b", False),  # zero-width space (a format character)
+        ("\u0301", False),  # a lone combining mark
+        ("\u2014", False),  # an em dash
+        (None, False),
+    ],
+)
+def test_a_text_counts_as_given_only_if_it_normalises_to_something(text, given):
+    assert text_given(text) is given
+    if isinstance(text, str):
+        assert bool(normalise_text(text, TextParams(strip_accents=True))) is given

@@ -8,6 +8,7 @@ validate stage can report every offending row through Great Expectations.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -15,6 +16,10 @@ import pandas as pd
 from mmfuse.errors import ManifestError
 from mmfuse.modality import MODALITIES
 from mmfuse.params.data import DataParams
+
+# Unicode categories (first letter) that text normalisation turns into spaces: punctuation,
+# symbols, control/format characters, separators.
+BLANK_CATEGORIES = ("P", "S", "C", "Z")
 
 REQUIRED_COLUMNS = ("sample_id", "label", "split", "image", "audio", "text")
 # Every dataset needs train, val and test. test_clean is optional: undegraded twins of test
@@ -105,10 +110,22 @@ def resolve_media(dataset_root: Path, rel: str) -> Path:
     return resolved
 
 
+def _carries_text(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    return category[0] not in BLANK_CATEGORIES and category != "Mn"
+
+
 def text_given(text: str | bytes | None) -> bool:
-    """Whether a text counts as given: one of only whitespace is no text (it would normalise to
-    nothing), in a manifest, in preprocessing and in a request alike."""
-    return bool(text) and not text.isspace()
+    """Whether a text counts as given, in a manifest, in preprocessing and in a request alike: one
+    that normalises to nothing (only whitespace, punctuation, symbols, control characters or
+    combining marks: "  ", "?!", a zero-width space) is no text, so it never reaches the model
+    as an empty sequence. Bytes that are not UTF-8 count as given: preprocessing names the fault."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+    return bool(text) and any(map(_carries_text, unicodedata.normalize("NFKC", text)))
 
 
 def given(frame: pd.DataFrame) -> pd.DataFrame:

@@ -15,12 +15,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mmfuse.data.manifest import BLANK_CATEGORIES
 from mmfuse.errors import ConfigError, MediaError
 from mmfuse.params.preprocess import TextParams
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1  # their ids: every vocabulary starts with them
-_DROPPED_CATEGORIES = ("P", "S", "C", "Z")  # punctuation, symbols, control/format, separators
 
 
 def decode_text(text: str | bytes, params: TextParams) -> str:
@@ -45,7 +45,7 @@ def normalise_text(text: str, params: TextParams) -> str:
     if params.strip_accents:
         text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if unicodedata.category(ch) != "Mn")
         text = unicodedata.normalize("NFC", text)
-    spaced = "".join(" " if unicodedata.category(ch)[0] in _DROPPED_CATEGORIES else ch for ch in text)
+    spaced = "".join(" " if unicodedata.category(ch)[0] in BLANK_CATEGORIES else ch for ch in text)
     return " ".join(spaced.split())
 
 
