@@ -4,6 +4,9 @@ single-sample path (what the service calls) gives the very same tensors."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -162,3 +165,28 @@ def test_media_paths_resolve_like_the_manifest_contract(tmp_path):
     for rel in ("images/link.png", "escape/secret.png", "../outside/secret.png", "/etc/passwd", "images/.."):
         with pytest.raises(ManifestError):
             media_path(root, rel, folders)
+
+
+BUILD = """
+import sys
+from pathlib import Path
+from mmfuse.params.preprocess import PreprocessParams
+from mmfuse.preprocess.build import build_processed
+build_processed(Path(sys.argv[1]), Path(sys.argv[2]), PreprocessParams(chunk_size=5))
+"""
+# What differs between two x86-64 machines that a process can set: thread counts (OpenMP, MKL,
+# OpenBLAS) and the SIMD kernels numpy dispatches to (an older CPU has no AVX-512, no AVX2).
+OLDER_CPU = "X86_V3 X86_V4 AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"  # x86-64-v2 kernels only
+
+
+@pytest.mark.parametrize(("threads", "cpu"), [("1", ""), ("2", OLDER_CPU)], ids=["one thread", "two threads, no AVX"])
+def test_bytes_do_not_depend_on_thread_counts_or_cpu_kernels(processed, tiny_dataset, tmp_path, threads, cpu):
+    """Worker counts and chunking: test_tensors_do_not_depend_on_workers_or_chunking."""
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    if cpu:
+        env["NPY_DISABLE_CPU_FEATURES"] = cpu
+    out = tmp_path / "other"
+    done = subprocess.run([sys.executable, "-c", BUILD, str(tiny_dataset), str(out)], env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    for path in processed.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name

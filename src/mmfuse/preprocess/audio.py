@@ -2,7 +2,11 @@
 
 Pure numpy/scipy functions (no torchaudio, no librosa) on float32 waveforms in
 [-1, 1]. Gating runs before trimming because an energy-based voice detector only
-finds the word once the stationary noise under it is gone.
+finds the word once the stationary noise under it is gone. The spectra and logarithms are
+computed in float64 and rounded to float32 once, at the end: in float32, numpy's
+CPU-specific kernels (AVX-512, AVX2 or older) gave log-mels differing in the last bit of
+1 in 7 values between machines; in float64 the differences lie far below float32's rounding
+(tests/unit/test_preprocess_stage.py emulates an older CPU).
 """
 
 from __future__ import annotations
@@ -78,15 +82,15 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def hann(n_fft: int) -> np.ndarray:
-    """Periodic Hann window (the STFT convention), float32, read-only."""
-    window = (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    """Periodic Hann window (the STFT convention), float64, read-only."""
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n_fft) / n_fft)
     window.setflags(write=False)
     return window
 
 
 def stft(wave: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
-    """Centred STFT (zero padding of n_fft // 2), Hann window: complex64 [n_fft // 2 + 1, frames]."""
-    padded = np.zeros(len(wave) + 2 * (n_fft // 2), dtype=np.float32)  # np.pad is slow for this
+    """Centred STFT (zero padding of n_fft // 2), Hann window: complex128 [n_fft // 2 + 1, frames]."""
+    padded = np.zeros(len(wave) + 2 * (n_fft // 2))  # np.pad is slow for this
     padded[n_fft // 2 : n_fft // 2 + len(wave)] = wave
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop] * hann(n_fft)
     return scipy.fft.rfft(frames, axis=1).T
@@ -171,7 +175,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
             f"preprocess.audio: {n_mels} mel bands over {fmin}-{fmax} Hz leave band(s) {empty.tolist()} "
             f"without any FFT bin at n_fft={n_fft}; lower n_mels or raise n_fft."
         )
-    return sparse.csr_array(bank.astype(np.float32))
+    return sparse.csr_array(bank)
 
 
 def log_mel(wave: np.ndarray, params: AudioParams) -> np.ndarray:
@@ -179,7 +183,7 @@ def log_mel(wave: np.ndarray, params: AudioParams) -> np.ndarray:
     fmax = params.fmax if params.fmax is not None else params.sample_rate / 2
     bank = mel_filterbank(params.sample_rate, params.n_fft, params.n_mels, params.fmin, fmax)
     power = np.abs(stft(wave, params.n_fft, params.hop_length)) ** 2
-    return (10.0 * np.log10(bank @ power.astype(np.float32) + np.float32(params.log_floor))).astype(np.float32)
+    return (10.0 * np.log10(bank @ power + params.log_floor)).astype(np.float32)
 
 
 def fit_frames(features: np.ndarray, params: AudioParams) -> np.ndarray:

@@ -1,7 +1,12 @@
 """Image transforms: decode any PNG/JPEG to grey, resize to a fixed square, denoise.
 
-All functions are pure and work on float32 arrays in [0, 1], so the batch stage
-and the service produce bit-identical features from the same bytes.
+All functions are pure and take and give float32 arrays in [0, 1], so the batch stage
+and the service produce bit-identical features from the same bytes. The filters compute
+in float64 and round to float32 once, at the end: numpy picks its exp and its reductions by
+the CPU it runs on (AVX-512, AVX2 or older kernels), and in float32 those differed in the
+last bit of 1 in 4 pixels between kernels (tests/unit/test_preprocess_stage.py, emulating an
+older CPU); in float64 such differences lie far below float32's rounding, so the same bytes
+come out on any x86-64 machine.
 """
 
 from __future__ import annotations
@@ -77,9 +82,9 @@ def _neighbourhood(grey: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarra
     """Every pixel's (2r+1)^2 neighbours as stacked shifted images [k, H, W] (reflect at the
     borders), and each shift's squared distance [k, 1, 1]: one vectorised pass per filter."""
     side = 2 * radius + 1
-    padded = np.pad(grey, radius, mode="reflect")
+    padded = np.pad(grey.astype(np.float64), radius, mode="reflect")
     views = np.lib.stride_tricks.sliding_window_view(padded, grey.shape).reshape(side * side, *grey.shape)
-    offsets = np.arange(-radius, radius + 1, dtype=np.float32)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     distance2 = (offsets[:, None] ** 2 + offsets[None, :] ** 2).reshape(-1, 1, 1)
     return views, distance2
 
@@ -91,7 +96,7 @@ def _weighted_mean(views: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def bilateral(grey: np.ndarray, radius: int, sigma_space: float, sigma_range: float) -> np.ndarray:
     """Edge-preserving smoothing: neighbours weigh by distance and by intensity likeness."""
     views, distance2 = _neighbourhood(grey, radius)
-    exponent = distance2 / np.float32(-2 * sigma_space**2) + (views - grey) ** 2 / np.float32(-2 * sigma_range**2)
+    exponent = distance2 / (-2 * sigma_space**2) + (views - grey.astype(np.float64)) ** 2 / (-2 * sigma_range**2)
     return _weighted_mean(views, np.exp(exponent))
 
 
@@ -99,8 +104,8 @@ def nl_means(grey: np.ndarray, patch: int, search: int, h: float) -> np.ndarray:
     """Non-local means (Buades et al.): average the pixels of the search window whose
     surrounding patch looks alike, weighted by exp(-patch distance / h^2)."""
     views, _ = _neighbourhood(grey, search // 2)
-    distance = ndimage.uniform_filter((views - grey) ** 2, size=(1, patch, patch), mode="reflect")
-    return _weighted_mean(views, np.exp(distance / np.float32(-h * h)))
+    distance = ndimage.uniform_filter((views - grey.astype(np.float64)) ** 2, size=(1, patch, patch), mode="reflect")
+    return _weighted_mean(views, np.exp(distance / (-h * h)))
 
 
 def denoise(grey: np.ndarray, params: ImageParams) -> np.ndarray:
