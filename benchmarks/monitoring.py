@@ -111,9 +111,7 @@ def main() -> None:
             started = time.perf_counter()
             if profiler is not None:
                 profiler.enable()
-            result = run_check(
-                project, params, lambda summary: None, log, args.reference, START + timedelta(days=1)
-            )
+            result = run_check(project, params, lambda summary: None, log, args.reference, START + timedelta(days=1))
             if profiler is not None:
                 profiler.disable()
                 text = io.StringIO()
