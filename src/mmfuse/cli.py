@@ -153,6 +153,7 @@ def simulate_traffic(
     feedback: float = typer.Option(
         0.0, min=0.0, max=1.0, help="Share of requests whose true label is sent to /feedback."
     ),
+    capture: bool = typer.Option(False, help="Ask the service to keep the requests' raw inputs (for harvest)."),
 ) -> None:
     """Send real requests from held-out data, optionally shifted, to watch drift being detected."""
     from mmfuse.data.manifest import dataset_manifest
@@ -160,7 +161,26 @@ def simulate_traffic(
     from mmfuse.params import load_params
 
     manifest = manifest or dataset_manifest(load_params().data, Path("data/raw"))
-    console.print_json(data=send(url, manifest, n, shift=shift, seed=seed, token=token, feedback=feedback))
+    counts = send(url, manifest, n, shift=shift, seed=seed, token=token, feedback=feedback, capture=capture)
+    console.print_json(data=counts)
+
+
+@app.command()
+@friendly
+def forget(request_id: str = typer.Argument(..., help="The request_id a prediction returned.")) -> None:
+    """Delete one request from the inference log with everything kept of it (captured inputs included)."""
+    from mmfuse.inference.log import InferenceLog, log_path
+    from mmfuse.params import load_serve_params
+
+    serve = load_serve_params()
+    log = InferenceLog(log_path(), serve.log_max_rows, serve.log_queue_size, serve.log_max_age_days)
+    try:
+        found = log.forget(request_id)
+    finally:
+        log.close()
+    if not found:
+        raise typer.BadParameter(f"no request {request_id} in {log_path()}", param_hint="REQUEST_ID")
+    console.print(f"[green]forgot[/] {request_id}")
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from starlette.testclient import TestClient
 from test_service_support import LABELS, TEMPERATURE, build_artifact, png, promoted_champion, running, tiny_state, wav
 
-from mmfuse.inference.log import LOG_ENV, read_log
+from mmfuse.inference.log import LOG_ENV, media_root, read_log
 from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
 from mmfuse.preprocess.sample import preprocess_sample
 
@@ -427,3 +428,24 @@ def test_a_model_answering_nan_gets_a_500_naming_the_model_never_a_nan(tmp_path)
         assert body["detail"][0]["loc"] == ["model"] and "non-finite probabilities" in body["error"]
         assert "NaN" not in response.text and client.get("/livez").status_code == 200
     promoted_champion()  # the tiny champion again, for the tests after this one
+
+
+def test_a_request_that_opts_in_is_captured_and_one_that_does_not_is_not(tmp_path):
+    log = tmp_path / "log.sqlite"
+    with running(log) as client:
+        kept = client.post(
+            "/predict", files={"image": MEDIA["image"]}, data={"text": "one"}, headers={"X-MMFuse-Capture": "true"}
+        ).json()
+        batch = client.post(
+            "/predict_batch", json={"samples": [{"audio": b64(wav())}]}, headers={"X-MMFuse-Capture": "1"}
+        ).json()
+        plain = predict(client, image=True, text="two").json()
+        refused = client.post("/predict", data={"text": "one"}, headers={"X-MMFuse-Capture": "maybe"})
+        assert_names_the_field(refused, 400, ("header", "x-mmfuse-capture"))
+    with sqlite3.connect(log) as conn:
+        rows = {r[0]: r[1:] for r in conn.execute("SELECT request_id, image, audio, text FROM captured")}
+    assert set(rows) == {kept["request_id"], batch["predictions"][0]["request_id"]} and plain["request_id"] not in rows
+    image, audio, text = rows[kept["request_id"]]
+    assert text == "one" and audio is None
+    assert (media_root(log) / image[:2] / image).read_bytes() == MEDIA["image"][1]  # the raw upload, byte for byte
+    assert (media_root(log) / rows[batch["predictions"][0]["request_id"]][1][:2]).is_dir()

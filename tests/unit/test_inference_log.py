@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
@@ -13,14 +14,17 @@ import pandas as pd
 import pytest
 import torch
 
+from mmfuse.inference import log as log_module
 from mmfuse.inference.log import (
     LOG_ENV,
     STAT_COLUMNS,
+    CaptureRecord,
     InferenceLog,
     LogRecord,
     ShadowRecord,
     input_statistics,
     log_path,
+    media_root,
     read_log,
     shadow_evidence,
 )
@@ -275,3 +279,53 @@ def test_shadow_rows_follow_the_retention_of_the_log(tmp_path):
     log.close()
     with sqlite3.connect(tmp_path / "log.sqlite") as conn:
         assert [r[0] for r in conn.execute("SELECT request_id FROM shadow ORDER BY rowid")] == ["r2", "r3"]
+
+
+def _captured(path: Path) -> dict[str, tuple]:
+    with sqlite3.connect(path) as conn:
+        return {r[0]: r[1:] for r in conn.execute("SELECT request_id, image, audio, text FROM captured")}
+
+
+def _media(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in media_root(path).glob("??/*")}
+
+
+def test_captured_inputs_are_stored_once_per_content_and_forget_removes_what_only_one_request_had(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite", 1000, 100, 90, capture_max_bytes=10_000)
+    for request_id, image, audio in (("a", b"img-1", b"wav-1"), ("b", b"img-1", b"wav-2")):
+        log.record(record(request_id))
+        log.record(CaptureRecord(request_id, time.time(), image, audio, "seven"))
+    log.record(record("c"))  # not captured
+    assert log.flush()
+    rows = _captured(log.path)
+    assert set(rows) == {"a", "b"} and rows["a"][0] == rows["b"][0]  # the same image, stored once
+    media = _media(log.path)
+    assert sorted(media.values()) == [b"img-1", b"wav-1", b"wav-2"] and rows["a"][2] == "seven"
+    assert all(hashlib.sha256(data).hexdigest() == name for name, data in media.items())
+
+    assert log.forget("a") and not log.forget("a")
+    assert sorted(_media(log.path).values()) == [b"img-1", b"wav-2"]  # b still names the image
+    assert set(_captured(log.path)) == {"b"} and "a" not in set(read_log(log.path)["request_id"])
+    log.close()
+
+
+def test_captures_past_the_size_cap_are_skipped_and_counted(tmp_path):
+    log = InferenceLog(tmp_path / "log.sqlite", 1000, 100, 90, capture_max_bytes=10)
+    for request_id, image in (("a", b"123456"), ("b", b"abcdefgh")):
+        log.record(record(request_id))
+        log.record(CaptureRecord(request_id, time.time(), image, None, None))
+    log.close()
+    assert set(_captured(log.path)) == {"a"} and log.capture_skipped == 1
+    assert list(_media(log.path).values()) == [b"123456"]
+
+
+def test_retention_takes_captured_inputs_and_their_media_with_the_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(log_module, "_CAPTURE_GRACE_S", 0.0)
+    log = InferenceLog(tmp_path / "log.sqlite", max_rows=2, queue_size=100, max_age_days=90, capture_max_bytes=1000)
+    for k in range(3):
+        log.record(record(f"r{k}"))
+        log.record(CaptureRecord(f"r{k}", time.time(), f"image {k}".encode(), None, None))
+        assert log.flush()
+    log.close()
+    assert set(_captured(log.path)) == {"r1", "r2"}
+    assert sorted(_media(log.path).values()) == [b"image 1", b"image 2"]

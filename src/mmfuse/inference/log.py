@@ -19,6 +19,13 @@ Why this shape:
 - A challenger served in shadow gets its own table (`shadow`, one row per request it
   scored, joined to `inference` by request id): the champion's rows stay as they were,
   and the feedback stored on a request judges both answers.
+- Raw inputs are kept only for requests that opt in (`serve.capture`, or the request's
+  `X-MMFuse-Capture` header), so that labelled traffic can become training data: a
+  `captured` row names the request's text and its media, stored once per content (sha256)
+  under `captured/` beside the log, within a size cap (`serve.capture_max_mb`; past it, new
+  captures are skipped and counted). Retention removes captured rows with their request,
+  and media no row names any more are deleted with them; `forget` removes one request
+  and everything kept of it.
 - Input statistics are computed from the preprocessed tensors by `input_statistics`, a
   pure function the drift reference can apply to the processed splits, so live and
   reference statistics are measured the same way.
@@ -26,6 +33,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +72,7 @@ STAT_COLUMNS: tuple[str, ...] = (
 _WRITE_BATCH = 512  # records per transaction at most: bounds how long one commit holds the write lock
 _LINGER_S = 0.05  # after a first record, let more arrive: one commit per ~50 ms under load, not one per request
 _FEEDBACK_GRACE_S = 0.5  # how long an unknown request id may still be in another worker's writer queue
+_CAPTURE_GRACE_S = 60.0  # a media file this young may belong to a row another worker is committing
 _BUSY_TIMEOUT_MS = 5000  # another worker's commit holds the lock for milliseconds; wait rather than fail
 
 logger = logging.getLogger(__name__)
@@ -96,6 +105,13 @@ CREATE TABLE IF NOT EXISTS shadow (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS shadow_version ON shadow (model_version);
+CREATE TABLE IF NOT EXISTS captured (
+    request_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    image TEXT,
+    audio TEXT,
+    text TEXT
+);
 """
 _COLUMNS = (
     "request_id",
@@ -112,7 +128,8 @@ _COLUMNS = (
     *TRUST_COLUMNS,
     *SET_ASIDE_COLUMNS,
 )
-_TABLES = ("inference", "shadow")
+_TABLES = ("inference", "shadow", "captured")
+_MEDIA = ("image", "audio")
 _PRUNE = "DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?"
 _EXPIRE = "DELETE FROM {table} WHERE ts < ?"
 
@@ -221,6 +238,84 @@ def reach(work: queue.Queue[Any], timeout: float) -> bool:
     return barrier.wait(timeout)
 
 
+@dataclass(frozen=True)
+class CaptureRecord:
+    """The raw inputs of a request that opted in to capture (the writer stores the media)."""
+
+    INSERT: ClassVar[str] = (
+        "INSERT OR REPLACE INTO captured (request_id, ts, image, audio, text) VALUES (?, ?, ?, ?, ?)"
+    )
+
+    request_id: str
+    ts: float
+    image: bytes | None
+    audio: bytes | None
+    text: str | None
+
+
+Record = LogRecord | ShadowRecord | CaptureRecord
+RECORDS = (LogRecord, ShadowRecord, CaptureRecord)
+
+
+class MediaStore:
+    """Content-addressed media beside the log (`captured/<sha256[:2]>/<sha256>`), within a size cap.
+
+    Files are written to a temporary name and renamed, so a crash never leaves a torn file
+    under a content name; identical uploads are stored once.
+    """
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.size = sum(p.stat().st_size for p in self.files())
+
+    def files(self) -> list[Path]:
+        return [p for p in self.root.glob("??/*") if p.is_file() and not p.name.endswith(".tmp")]
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def fits(self, *payloads: bytes | None) -> bool:
+        new = sum(len(b) for b in payloads if b is not None and not self.path(_sha(b)).exists())
+        return self.size + new <= self.max_bytes
+
+    def put(self, data: bytes) -> str:
+        digest = _sha(data)
+        target = self.path(digest)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f"{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+            partial.write_bytes(data)
+            os.replace(partial, target)
+            self.size += len(data)
+        return digest
+
+    def remove(self, digest: str) -> None:
+        path = self.path(digest)
+        if path.exists():
+            self.size -= path.stat().st_size
+            path.unlink()
+
+    def keep_only(self, digests: set[str]) -> int:
+        """Delete every file whose content no row names; how many were deleted. A file written in
+        the last minute is spared: another worker may not have committed the row naming it yet."""
+        removed, recent = 0, time.time() - _CAPTURE_GRACE_S
+        for path in self.files():
+            if path.name not in digests and path.stat().st_mtime < recent:
+                self.remove(path.name)
+                removed += 1
+        return removed
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def media_root(path: Path) -> Path:
+    """Where the captured media of the log at `path` live."""
+    return Path(path).parent / "captured"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -246,26 +341,31 @@ def ensure_schema(path: Path) -> None:
 class InferenceLog:
     """Asynchronous appender for one log file; `record` never blocks and never raises."""
 
-    def __init__(self, path: Path, max_rows: int, queue_size: int, max_age_days: float) -> None:
+    def __init__(
+        self, path: Path, max_rows: int, queue_size: int, max_age_days: float, capture_max_bytes: int = 0
+    ) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
         self.max_age_s = max_age_days * 86_400
         self.dropped = 0  # records refused because the queue was full
         self.failed = 0  # records lost to an SQLite error
+        self.capture_skipped = 0  # captures refused because the media store was full
+        self.media = MediaStore(media_root(self.path), capture_max_bytes)
         ensure_schema(self.path)
         conn = _connect(self.path)
         try:
             with conn:
                 for table in _TABLES:
                     conn.execute(_EXPIRE.format(table=table), (time.time() - self.max_age_s,))
+            self._collect(conn)
         finally:
             conn.close()
-        self._queue: queue.Queue[LogRecord | ShadowRecord | threading.Event | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[Record | threading.Event | None] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
         self._thread.start()
 
-    def record(self, record: LogRecord | ShadowRecord) -> bool:
+    def record(self, record: LogRecord | ShadowRecord | CaptureRecord) -> bool:
         """Queue one record for writing; False when it had to be dropped."""
         if self._closed:
             return False
@@ -325,14 +425,14 @@ class InferenceLog:
             stop = False
             while not stop:
                 items = [self._queue.get()]
-                if isinstance(items[0], (LogRecord, ShadowRecord)):
+                if isinstance(items[0], RECORDS):
                     time.sleep(_LINGER_S)
                 while len(items) < _WRITE_BATCH:
                     try:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                records = [item for item in items if isinstance(item, (LogRecord, ShadowRecord))]
+                records = [item for item in items if isinstance(item, RECORDS)]
                 if records:
                     self._write(conn, records)
                 for item in items:
@@ -342,11 +442,50 @@ class InferenceLog:
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, records: list[LogRecord | ShadowRecord]) -> None:
+    def _captured_row(self, record: CaptureRecord) -> tuple[Any, ...] | None:
+        """Store the media (within the cap) and return the `captured` row; None when skipped."""
+        if not self.media.fits(record.image, record.audio):
+            self.capture_skipped += 1
+            if self.capture_skipped == 1 or self.capture_skipped % 1000 == 0:
+                logger.warning("capture store full: %d captures skipped so far", self.capture_skipped)
+            return None
+        image, audio = (self.media.put(b) if b is not None else None for b in (record.image, record.audio))
+        return (record.request_id, record.ts, image, audio, record.text)
+
+    def _collect(self, conn: sqlite3.Connection) -> None:
+        """Drop captured rows whose request is gone, then every media file no row names."""
+        with conn:
+            conn.execute("DELETE FROM captured WHERE request_id NOT IN (SELECT request_id FROM inference)")
+        named = conn.execute("SELECT image, audio FROM captured WHERE image IS NOT NULL OR audio IS NOT NULL")
+        self.media.keep_only({digest for row in named for digest in row if digest is not None})
+
+    def forget(self, request_id: str) -> bool:
+        """Delete one request and everything kept of it (prediction, shadow answer, captured
+        inputs and media no other request shares); False when the log holds no such request."""
+        self.flush()
+        conn = _connect(self.path)
+        try:
+            with conn:
+                media = conn.execute("SELECT image, audio FROM captured WHERE request_id = ?", (request_id,))
+                digests = {digest for row in media.fetchall() for digest in row if digest is not None}
+                found = conn.execute("DELETE FROM inference WHERE request_id = ?", (request_id,)).rowcount
+                for table in ("shadow", "captured"):
+                    conn.execute(f"DELETE FROM {table} WHERE request_id = ?", (request_id,))
+                for digest in digests:
+                    shared = conn.execute("SELECT 1 FROM captured WHERE ? IN (image, audio) LIMIT 1", (digest,))
+                    if shared.fetchone() is None:
+                        self.media.remove(digest)
+        finally:
+            conn.close()
+        return bool(found)
+
+    def _write(self, conn: sqlite3.Connection, records: list[Record]) -> None:
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for record in records:
             try:
-                rows.setdefault(record.INSERT, []).append(record.row())
+                row = self._captured_row(record) if isinstance(record, CaptureRecord) else record.row()
+                if row is not None:
+                    rows.setdefault(record.INSERT, []).append(row)
             except Exception:  # one malformed record must neither stop the writer nor take its batch down
                 self.failed += 1
                 logger.exception("inference log: record %s could not be prepared", record.request_id)
@@ -355,9 +494,12 @@ class InferenceLog:
                 conn.execute("BEGIN IMMEDIATE")
                 for insert, batch in rows.items():
                     conn.executemany(insert, batch)
+                removed = 0
                 for table in _TABLES:
-                    conn.execute(_PRUNE.format(table=table), (self.max_rows,))
-                    conn.execute(_EXPIRE.format(table=table), (time.time() - self.max_age_s,))
+                    removed += conn.execute(_PRUNE.format(table=table), (self.max_rows,)).rowcount
+                    removed += conn.execute(_EXPIRE.format(table=table), (time.time() - self.max_age_s,)).rowcount
+            if removed and self.media.size:
+                self._collect(conn)
         except sqlite3.Error:
             lost = sum(len(batch) for batch in rows.values())
             self.failed += lost

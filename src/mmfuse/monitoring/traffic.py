@@ -75,11 +75,13 @@ def simulate_traffic(
     feedback: float = 0.0,
     split: str = "test",
     client: httpx.Client | None = None,
+    capture: bool = False,
 ) -> dict[str, Any]:
     """Send `n` /predict requests drawn from `split` of the manifest; return counts.
 
     `feedback` is the share of answered requests whose true label is then sent to
-    /feedback. `client` lets tests pass an in-process client (its base URL wins).
+    /feedback. `client` lets tests pass an in-process client (its base URL wins). `capture` asks
+    the service to keep each request's raw inputs (X-MMFuse-Capture), for `mmfuse harvest`.
     Returns {"sent", "answered", "errors" (status -> count), "feedback", "feedback_errors", "correct", "shift"}.
     """
     if shift is not None and shift not in SHIFTS:
@@ -93,6 +95,8 @@ def simulate_traffic(
     rng = np.random.default_rng(seed)
     root = Path(manifest).parent
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if capture:
+        headers["X-MMFuse-Capture"] = "true"
     own = client is None
     http = client or httpx.Client(base_url=url, timeout=60.0)
     counts: dict[str, Any] = {

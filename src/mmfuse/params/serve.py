@@ -27,6 +27,8 @@ class ServeParams(Section):
     log_max_rows: int = Field(1_000_000, ge=1)  # inference log retention: the oldest rows go first
     log_max_age_days: float = Field(90.0, gt=0)  # ... and rows older than this go too (raw inputs are never kept)
     log_queue_size: int = Field(10_000, ge=1)  # records waiting for the log writer; beyond it they are dropped
+    capture: bool = False  # keep every request's raw inputs (a request may also opt in: X-MMFuse-Capture: true)
+    capture_max_mb: float = Field(1000.0, ge=0)  # captured media beside the log, at most (per worker, roughly)
     reload_interval_s: float = Field(10.0, ge=0)  # how often a worker looks for a new champion/challenger; 0: never
     shadow: bool = True  # score the store's challenger (if any) beside the champion, off the request path
     shadow_queue_size: int = Field(1000, ge=1)  # requests waiting for the shadow scorer; beyond it they are skipped

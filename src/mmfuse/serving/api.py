@@ -140,7 +140,9 @@ class Backend(Protocol):
 
     limiter: anyio.CapacityLimiter
 
-    def classify(self, samples: list[RawSample], locs: list[Loc], endpoint: str) -> list[Prediction]: ...
+    def classify(
+        self, samples: list[RawSample], locs: list[Loc], endpoint: str, capture: bool = False
+    ) -> list[Prediction]: ...
 
     def record_feedback(self, request_id: str, label: str) -> FeedbackResponse: ...
 
@@ -229,21 +231,36 @@ async def _read_predict_form(request: Request) -> RawSample:
     return RawSample(values["image"], values["audio"], values["text"])
 
 
+CAPTURE_HEADER = "x-mmfuse-capture"
+_CAPTURE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+
+
+def _capture(request: Request) -> bool:
+    """Whether the request opted in to having its raw inputs kept (the X-MMFuse-Capture header)."""
+    value = request.headers.get(CAPTURE_HEADER, "").strip().lower()
+    if value not in _CAPTURE_VALUES:
+        msg = "must be true or false (keep this request's raw inputs for training once labelled)."
+        raise RequestRejected(400, [Problem(("header", CAPTURE_HEADER), msg, "capture")])
+    return _CAPTURE_VALUES[value]
+
+
 async def predict(request: Request) -> Response:
     """POST /predict: one sample from a form."""
+    capture = _capture(request)
     sample = await _read_predict_form(request)
     backend = _backend(request)
-    [prediction] = await _on_thread(backend, partial(backend.classify, [sample], [()], "predict"))
+    [prediction] = await _on_thread(backend, partial(backend.classify, [sample], [()], "predict", capture))
     return JSONResponse(prediction.model_dump(mode="json"))
 
 
 async def predict_batch(request: Request) -> Response:
     """POST /predict_batch: many samples, base64 media in JSON."""
+    capture = _capture(request)
     body = await read_json(request, PredictBatchRequest, SERVE.max_request_bytes)
     samples = [RawSample(s.image, s.audio, s.text) for s in body.samples]
     locs: list[Loc] = [("samples", index) for index in range(len(samples))]
     backend = _backend(request)
-    predictions = await _on_thread(backend, partial(backend.classify, samples, locs, "predict_batch"))
+    predictions = await _on_thread(backend, partial(backend.classify, samples, locs, "predict_batch", capture))
     return JSONResponse(PredictBatchResponse(predictions=predictions).model_dump(mode="json"))
 
 
@@ -302,7 +319,7 @@ app = Starlette(
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
     meaning = {
-        400: "the request is malformed or a field is invalid",
+        400: "the request is malformed or a field (or the X-MMFuse-Capture header) is invalid",
         401: "bearer auth is on and the token is missing or wrong",
         404: "the referenced prediction is not in the inference log",
         413: "the body is over serve.max_request_bytes",
@@ -351,7 +368,17 @@ _TEXT_FORM = {
     "properties": {"text": _FORM["properties"]["text"]},
     "additionalProperties": False,
 }
-_SECURED = [{"bearerAuth": []}, {}]  # bearer auth when MMFUSE_API_TOKEN is set, none otherwise
+_SECURED = [{"bearerAuth": []}, {}]
+_CAPTURE_PARAMETER = {
+    "name": "X-MMFuse-Capture",
+    "in": "header",
+    "required": False,
+    "description": (
+        "true: keep this request's raw inputs beside the inference log, so that once labelled (POST /feedback) "
+        "they can become training data (`mmfuse harvest`); off by default (serve.capture turns it on for all)"
+    ),
+    "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+}  # bearer auth when MMFUSE_API_TOKEN is set, none otherwise
 
 
 def _plain(description: str, media_type: str = "text/plain") -> dict[str, Any]:
@@ -398,6 +425,7 @@ def openapi_spec() -> dict[str, Any]:
             "/predict": {
                 "post": {
                     "operationId": "predict",
+                    "parameters": [_CAPTURE_PARAMETER],
                     "tags": ["predict"],
                     "summary": "Classify one sample",
                     "description": (
@@ -426,6 +454,7 @@ def openapi_spec() -> dict[str, Any]:
             "/predict_batch": {
                 "post": {
                     "operationId": "predict_batch",
+                    "parameters": [_CAPTURE_PARAMETER],
                     "tags": ["predict"],
                     "summary": "Classify many samples in one call",
                     "description": (

@@ -44,7 +44,7 @@ import torch
 
 from mmfuse.errors import NonFiniteError
 from mmfuse.inference import registry
-from mmfuse.inference.log import InferenceLog, LogRecord, log_path
+from mmfuse.inference.log import CaptureRecord, InferenceLog, LogRecord, log_path
 from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
 from mmfuse.modality import MODALITIES
@@ -99,7 +99,13 @@ class MMFuse:
         stored = registry.champion()
         if stored is None:
             raise registry.RegistryError("no champion in the model store: run the pipeline (dvc repro) first.")
-        self.log = InferenceLog(log_path(), SERVE.log_max_rows, SERVE.log_queue_size, SERVE.log_max_age_days)
+        self.log = InferenceLog(
+            log_path(),
+            SERVE.log_max_rows,
+            SERVE.log_queue_size,
+            SERVE.log_max_age_days,
+            capture_max_bytes=int(SERVE.capture_max_mb * 1_000_000),
+        )
         self.served = self._serve(stored)
         self.limiter = anyio.CapacityLimiter(SERVE.threads)  # requests this worker serves at once
         self.shadow: ShadowScorer | None = None
@@ -183,8 +189,13 @@ class MMFuse:
             self.shadow.close()
         self.log.close()
 
-    def classify(self, samples: list[RawSample], locs: list[Loc], endpoint: str) -> list[Prediction]:
+    def classify(
+        self, samples: list[RawSample], locs: list[Loc], endpoint: str, capture: bool = False
+    ) -> list[Prediction]:
         """Predictions for `samples` (from `endpoint`), each logged; runs on one of the API's threads.
+
+        With `capture` (the request opted in) or `serve.capture`, the raw inputs are kept too,
+        beside the log, so that once labelled they can become training data (`mmfuse harvest`).
 
         Every sample is validated and preprocessed first, on this thread; only the model call
         is batched with concurrent requests. Any bad sample refuses the whole call, naming
@@ -202,6 +213,11 @@ class MMFuse:
         if problems:
             raise RequestRejected(min(status for status, _ in problems), [p for _, p in problems])
         predictions = self._answer(served, prepared, endpoint, started)
+        if capture or SERVE.capture:
+            now = time.time()
+            for sample, prediction in zip(samples, predictions):
+                image, audio = (m if isinstance(m, bytes) else None for m in (sample.image, sample.audio))
+                self.log.record(CaptureRecord(prediction.request_id, now, image, audio, sample.text))
         if shadow is not None:
             shadow.submit(samples, [p.request_id for p in predictions])
         return predictions
