@@ -10,6 +10,9 @@ apply) and sends /predict requests carrying all three modalities (a 28x28 PNG, a
   reported and every run kept): completed requests per second, and the CPU
   time per request of the server (all its processes) and of the load generator, which
   tell what the machine could do without other work on it;
+- memory: the server's resident memory (all its processes) before and after --memory-requests
+  more requests at concurrency 32, once the throughput rounds have warmed it up:
+  rss_growth_percent (goal <= 5 %);
 - in-process: the same model's preprocess + forward for one sample (Predictor.prepare
   and Predictor.forward, no HTTP), median ms; overhead_ratio = p50_ms / inprocess_ms.
   The in-process and sequential HTTP timings are taken in alternating chunks, so both
@@ -44,7 +47,7 @@ from mmfuse.io import write_json
 from mmfuse.serving import serve_command
 
 RESULT = Path("benchmarks/results/serve.json")
-GOALS = {"p50_ms": 10.0, "rps_c32": 300.0, "overhead_ratio": 3.0}
+GOALS = {"p50_ms": 10.0, "rps_c32": 300.0, "overhead_ratio": 3.0, "rss_growth_percent": 5.0}
 
 
 def payload() -> dict[str, Any]:
@@ -211,6 +214,39 @@ async def _throughput(url: str, body: dict[str, Any], concurrency: int, seconds:
     return done
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MiB."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+async def _fixed(url: str, body: dict[str, Any], concurrency: int, total: int) -> int:
+    """Send exactly `total` requests from `concurrency` clients; the count that failed."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    left, failures = total, 0
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal left, failures
+            while left > 0:
+                left -= 1
+                if (await client.post("/predict", **body)).status_code != 200:
+                    failures += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return failures
+
+
 def median_run(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
     """The run with the median throughput (its CPU figures with it)."""
     return sorted(runs)[len(runs) // 2]
@@ -247,6 +283,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="params file the server reads (serve:)"
+    )
+    parser.add_argument(
+        "--memory-requests", type=int, default=20_000, help="requests at c=32 for the memory growth (0: skip)"
     )
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
@@ -290,6 +329,17 @@ def main() -> None:
         rounds = [
             {c: throughput(url, body, c, args.seconds, process.pid) for c in (1, 8, 32)} for _ in range(args.repeats)
         ]
+        memory = None
+        if args.memory_requests:
+            before = rss_mb(process.pid)
+            failed = asyncio.run(_fixed(url, body, 32, args.memory_requests))
+            after = rss_mb(process.pid)
+            memory = {
+                "rss_mb_before": round(before, 1),
+                "rss_mb_after": round(after, 1),
+                "requests": args.memory_requests,
+                "failed": failed,
+            }
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -305,6 +355,10 @@ def main() -> None:
         "rps_c32": round(runs[32][0], 1),
         "inprocess_ms": round(inprocess, 2),
         "overhead_ratio": round(p50 / inprocess, 2),
+        "rss_growth_percent": (
+            round(100 * (memory["rss_mb_after"] / memory["rss_mb_before"] - 1), 2) if memory else None
+        ),
+        "memory": memory,
         "goals": GOALS,
         "rps_runs": {f"c{c}": [round(r[c][0], 1) for r in rounds] for c in (1, 8, 32)},
         "cpu_ms_per_request": {
