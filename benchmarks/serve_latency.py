@@ -13,6 +13,11 @@ apply) and sends /predict requests carrying all three modalities (a 28x28 PNG, a
 - memory: the server's resident memory (all its processes) before and after --memory-requests
   more requests at concurrency 32, once the throughput rounds have warmed it up:
   rss_growth_percent (goal <= 5 %);
+- with --peer, against a bare Starlette + uvicorn peer serving the same Predictor with the
+  same number of workers (benchmarks/serve_peer.py), both loaded by wrk (a compiled load
+  generator, Debian's `wrk`, so the generator takes less of the shared cores than Python's),
+  in interleaved rounds: p50 at concurrency 1 and requests/s at concurrency 32 of each,
+  overhead_vs_peer (p50 ratio, goal <= 1.2) and rps_ratio_vs_peer (goal >= 0.9);
 - in-process: the same model's preprocess + forward for one sample (Predictor.prepare
   and Predictor.forward, no HTTP), median ms; overhead_ratio = p50_ms / inprocess_ms.
   The in-process and sequential HTTP timings are taken in alternating chunks, so both
@@ -47,7 +52,14 @@ from mmfuse.io import write_json
 from mmfuse.serving import serve_command
 
 RESULT = Path("benchmarks/results/serve.json")
-GOALS = {"p50_ms": 10.0, "rps_c32": 300.0, "overhead_ratio": 3.0, "rss_growth_percent": 5.0}
+GOALS = {
+    "p50_ms": 10.0,
+    "rps_c32": 300.0,
+    "overhead_ratio": 3.0,
+    "rss_growth_percent": 5.0,
+    "overhead_vs_peer": 1.2,
+    "rps_ratio_vs_peer": 0.9,
+}
 
 
 def payload() -> dict[str, Any]:
@@ -247,6 +259,84 @@ async def _fixed(url: str, body: dict[str, Any], concurrency: int, total: int) -
     return failures
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+local f = assert(io.open("{body}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "{content_type}"
+"""
+
+
+def _wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    """One wrk run against url/predict: requests/s and the p50 latency (ms); exits on any non-2xx."""
+    import re
+
+    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    done = subprocess.run([*command, "-s", str(script), f"{url}/predict"], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"wrk failed against {url}: {done.stderr or done.stdout}")
+    out = done.stdout
+    if "Non-2xx" in out:
+        sys.exit(f"wrk saw failed requests at {url}:\n{out}")
+    value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": float(value) * scale}
+
+
+def start_peer(workdir: Path, artifact: Path, workers: int, env: dict[str, str], body: dict[str, Any]) -> tuple:
+    """benchmarks/serve_peer.py under uvicorn with `workers` processes; (process, url) once it answers."""
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "serve_peer:app", "--app-dir", str(Path(__file__).parent)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    log = open(workdir / "peer.log", "wb")
+    process = subprocess.Popen(
+        command, env={**env, "PEER_ARTIFACT": str(artifact)}, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"the peer exited:\n{(workdir / 'peer.log').read_text()[-3000:]}")
+        try:
+            if httpx.post(f"{url}/predict", timeout=5, **body).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    sys.exit("the peer did not answer")
+
+
+def compare_with_peer(
+    url: str, peer: str, body: dict[str, Any], workdir: Path, seconds: float, repeats: int
+) -> dict[str, Any]:
+    """Interleaved wrk rounds against the service and the peer: p50 at c=1, requests/s at c=32."""
+    import httpx
+
+    request = httpx.Request("POST", f"{url}/predict", **body)
+    payload = workdir / "body.bin"
+    payload.write_bytes(request.read())
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=payload, content_type=request.headers["content-type"]))
+    runs: dict[str, dict[str, list[float]]] = {name: {"p50_ms_c1": [], "rps_c32": []} for name in ("service", "peer")}
+    for _ in range(repeats):
+        for name, target in (("service", url), ("peer", peer)):
+            runs[name]["p50_ms_c1"].append(_wrk(target, script, 1, seconds)["p50_ms"])
+            runs[name]["rps_c32"].append(_wrk(target, script, 32, seconds)["rps"])
+    med = {name: {k: statistics.median(v) for k, v in figures.items()} for name, figures in runs.items()}
+    return {
+        "load_generator": "wrk",
+        "service": med["service"],
+        "peer": med["peer"],
+        "overhead_vs_peer": round(med["service"]["p50_ms_c1"] / med["peer"]["p50_ms_c1"], 3),
+        "rps_ratio_vs_peer": round(med["service"]["rps_c32"] / med["peer"]["rps_c32"], 3),
+        "runs": runs,
+    }
+
+
 def median_run(runs: list[tuple[float, float, float]]) -> tuple[float, float, float]:
     """The run with the median throughput (its CPU figures with it)."""
     return sorted(runs)[len(runs) // 2]
@@ -287,6 +377,7 @@ def main() -> None:
     parser.add_argument(
         "--memory-requests", type=int, default=20_000, help="requests at c=32 for the memory growth (0: skip)"
     )
+    parser.add_argument("--peer", action="store_true", help="compare with a bare Starlette + uvicorn peer, by wrk")
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     if not args.params.exists():
@@ -340,6 +431,14 @@ def main() -> None:
                 "requests": args.memory_requests,
                 "failed": failed,
             }
+        versus = None
+        if args.peer:
+            peer_process, peer_url = start_peer(work, Path(champion.path), serve.workers, env, body)
+            try:
+                versus = compare_with_peer(url, peer_url, body, work, args.seconds, args.repeats)
+            finally:
+                peer_process.terminate()
+                peer_process.wait(timeout=30)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -359,6 +458,7 @@ def main() -> None:
             round(100 * (memory["rss_mb_after"] / memory["rss_mb_before"] - 1), 2) if memory else None
         ),
         "memory": memory,
+        "versus_peer": versus,
         "goals": GOALS,
         "rps_runs": {f"c{c}": [round(r[c][0], 1) for r in rounds] for c in (1, 8, 32)},
         "cpu_ms_per_request": {
