@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mmfuse.io import write_json
 from mmfuse.serving import serve_command
@@ -134,26 +134,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(workdir: Path, env: dict[str, str], timeout: float = 120.0) -> tuple[subprocess.Popen[bytes], str]:
+def launch(
+    command: Callable[[int], list[str]], workdir: Path, env: dict[str, str], name: str, ready: Callable[[str], bool]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `command(port)` on a free port from `workdir`; (process, url) once `ready(url)`."""
     import httpx
 
     port = free_port()
-    command = serve_command("127.0.0.1", port)
-    log = open(workdir / "server.log", "wb")
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command(port), cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"bentoml serve exited:\n{(workdir / 'server.log').read_text()[-3000:]}")
+            sys.exit(f"{name} exited:\n{log.read_text()[-3000:]}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if ready(url):
                 return process, url
         except httpx.TransportError:
             pass
         time.sleep(0.25)
     process.kill()
-    sys.exit("bentoml serve did not become ready")
+    sys.exit(f"{name} did not become ready")
+
+
+def start_server(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    def ready(url: str) -> bool:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+
+    return launch(lambda port: serve_command("127.0.0.1", port), workdir, env, "server", ready)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -288,26 +300,14 @@ def start_peer(workdir: Path, artifact: Path, workers: int, env: dict[str, str],
     """benchmarks/serve_peer.py under uvicorn with `workers` processes; (process, url) once it answers."""
     import httpx
 
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "serve_peer:app", "--app-dir", str(Path(__file__).parent)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
-    log = open(workdir / "peer.log", "wb")
-    process = subprocess.Popen(
-        command, env={**env, "PEER_ARTIFACT": str(artifact)}, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the peer exited:\n{(workdir / 'peer.log').read_text()[-3000:]}")
-        try:
-            if httpx.post(f"{url}/predict", timeout=5, **body).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    sys.exit("the peer did not answer")
+    def command(port: int) -> list[str]:
+        app = [sys.executable, "-m", "uvicorn", "serve_peer:app", "--app-dir", str(Path(__file__).parent.resolve())]
+        return [*app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+
+    def ready(url: str) -> bool:
+        return httpx.post(f"{url}/predict", timeout=5, **body).status_code == 200
+
+    return launch(command, workdir, {**env, "PEER_ARTIFACT": str(artifact)}, "peer", ready)
 
 
 def compare_with_peer(
