@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -76,14 +78,51 @@ def test_an_unregistered_training_deployment_is_a_clear_trigger_failure(prefect_
         trigger_training("never-registered")({})
 
 
-def test_deployments_register_with_their_schedules_on_a_local_server(tmp_path, monkeypatch):
-    """A real `prefect server start` (own PREFECT_HOME in tmp, random port), stopped afterwards."""
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real `prefect server start` (own PREFECT_HOME in tmp, random port), stopped after the module;
+    each test points Prefect at it itself, so the other tests keep the session's test server."""
+    home = tmp_path_factory.mktemp("prefect")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PREFECT_API_URL", raising=False)
+        with local_server(home, free_port(), startup_timeout=180) as url:
+            yield url, home
+
+
+def test_the_cli_check_runs_against_a_real_server_on_traffic_with_and_without_feedback(real_server, tmp_path):
+    """`mmfuse monitor` with PREFECT_API_URL set, as a user runs it beside `mmfuse orchestrate`."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    url, _ = real_server
+    project, log = tmp_path, tmp_path / "log.sqlite"
+    (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
+    artifact = build_artifact(project / "artifact")
+    synthetic.reference_file(artifact / "reference.parquet")
+    registry.promote(artifact, {"source": "monitoring cli test"})
+    now = datetime.now(timezone.utc)
+    synthetic.log_traffic(log, 60, seed=21, start=now - timedelta(hours=2), feedback=True)
+    synthetic.log_traffic(log, 60, seed=22, start=now - timedelta(hours=1))  # no feedback on these
+    assert read_log(log)["true_label"].isna().sum() == 60
+    env = {**os.environ, "PREFECT_API_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "mmfuse.cli", "monitor", "--log", str(log)], cwd=project, env=env, capture_output=True
+    )
+    assert done.returncode == 0, done.stdout.decode()[-3000:] + done.stderr.decode()[-3000:]
+    summary = json.loads((project / MonitorParams().reports_dir / "latest.json").read_text())
+    assert summary["records"] == 120 and summary["accuracy"]["n"] == 60
+    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        states = [run.state_type.value for run in client.read_flow_runs()]
+    assert "COMPLETED" in states and "FAILED" not in states
+
+
+def test_deployments_register_with_their_schedules_on_a_local_server(real_server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, home = real_server
     params = Params(monitor=MonitorParams(training_cron="30 3 * * *", monitoring_cron="15 * * * *"))
-    with local_server(tmp_path, free_port(), startup_timeout=180) as url, temporary_settings({PREFECT_API_URL: url}):
+    with temporary_settings({PREFECT_API_URL: url}):
         for deployment in build_deployments(ROOT, params):
             deployment.apply()
         with get_client(sync_client=True) as client:
@@ -91,7 +130,7 @@ def test_deployments_register_with_their_schedules_on_a_local_server(tmp_path, m
             monitoring = client.read_deployment_by_name("mmfuse-monitoring/hourly")
     assert [s.schedule.cron for s in training.schedules] == ["30 3 * * *"]
     assert [s.schedule.cron for s in monitoring.schedules] == ["15 * * * *"]
-    assert training.parameters == {"project": str(ROOT)} and (tmp_path / ".prefect" / "prefect.db").exists()
+    assert training.parameters == {"project": str(ROOT)} and (home / ".prefect" / "prefect.db").exists()
     # by module path, not a flows/ file relative to the working directory: runs from an installed wheel too
     assert training.entrypoint == "mmfuse.orchestration.training.training_flow"
     assert monitoring.entrypoint == "mmfuse.orchestration.monitoring.monitoring_flow"
