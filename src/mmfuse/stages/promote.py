@@ -10,7 +10,7 @@ tried an idea. Its record says what it would have done; `promote.from_experiment
 
 With `promote.shadow.require` a challenger that passes every offline gate does not switch
 at once: it is served in shadow beside the champion (verdict "shadow") and the next
-decision (`mmfuse champion repromote`, after the service restarted and traffic came) adds
+decision (`mmfuse champion repromote`, once the service has scored enough traffic with it) adds
 the shadow gates, on what the inference log holds for exactly this champion and challenger.
 """
 
