@@ -35,6 +35,17 @@ def test_reload_swaps_in_a_new_champion_and_refuses_a_torn_one(tmp_path):
         assert client.post("/reload").json()["champion"] == first
 
 
+def test_a_champion_that_cannot_be_loaded_is_refused_and_the_current_one_keeps_serving(tmp_path):
+    with running(tmp_path / "log.sqlite") as client:
+        first = promoted_champion()
+        second = registry.promote(build_artifact(tmp_path / "b"), {"source": "reload test"})
+        config = Path(registry.version(second).path) / "config.json"
+        config.write_text("{" * config.stat().st_size)  # unreadable, yet the size the store recorded
+        refused = client.post("/reload")
+        assert refused.status_code == 503 and f"{second} cannot be loaded" in refused.json()["error"]
+        assert client.post("/predict", data={"text": "one"}).json()["model_version"] == first
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text("serve:\n  workers: 2\n  threads: 8\n  reload_interval_s: 0.25\n")

@@ -163,7 +163,11 @@ class MMFuse:
                 raise RequestRejected(503, [Problem(("store",), msg, "store")])
             changed = str(stored.tag) != self.served.predictor.version
             if changed:
-                self.served = self._serve(stored)
+                try:
+                    self.served = self._serve(stored)
+                except Exception as exc:  # e.g. weights of the right size but unreadable
+                    msg = f"{stored.tag} cannot be loaded ({exc}); {self.served.predictor.version} keeps serving."
+                    raise RequestRejected(503, [Problem(("store",), msg, "store")]) from exc
                 logger.info("now serving %s", stored.tag)
             changed = self._refresh_shadow() or changed
             return ReloadResponse(champion=self.served.predictor.version, challenger=self._shadow_tag, changed=changed)
