@@ -18,12 +18,13 @@ import pandas as pd
 import pytest
 
 from mmfuse.inference import registry
-from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord, read_log
+from mmfuse.inference.log import STAT_COLUMNS, InferenceLog, LogRecord, ShadowRecord, read_log
 from mmfuse.monitoring.check import TriggerFailed, run_check, summary_markdown
 from mmfuse.monitoring.log_checks import check_log
 from mmfuse.monitoring.reference import read_reference, write_reference
 from mmfuse.monitoring.state import load_state
 from mmfuse.params.monitor import MonitorParams
+from mmfuse.params.promote import ShadowParams
 
 LABELS = ("zero", "one", "two")
 DIM = 24  # 3 modalities x embed_dim 8, as the tiny service model
@@ -291,3 +292,34 @@ def test_offline_and_live_accuracy_are_reported_side_by_side_per_version(setup, 
     gap_alerts = [a for a in result.summary["alerts"] if a.startswith("offline/online gap")]
     assert len(gap_alerts) == 1 and tags[1] in gap_alerts[0]
     assert f"| {tags[1]} | 94.0 |" in summary_markdown(result)
+
+
+def test_the_check_reports_the_canary_and_alerts_once_its_evidence_suffices(setup, tmp_path):
+    project, log, ref = setup
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+    (artifact / "model.safetensors").write_bytes(b"champion")
+    champion = registry.promote(artifact, {"accuracy": 93.0})
+    (artifact / "model.safetensors").write_bytes(b"challenger")
+    challenger = registry.shadow(artifact, {"accuracy": 94.0})
+    try:
+        log_traffic(log, 60, seed=41, start=T0, accuracy=0.9, feedback=True, model_version=champion)
+        writer = InferenceLog(log, max_rows=100_000, queue_size=1000, max_age_days=90)
+        rows = read_log(log)
+        for k, row in enumerate(rows.itertuples()):  # the challenger agrees on all but every tenth request
+            label = row.prediction if k % 10 else "other"
+            writer.record(ShadowRecord(row.request_id, row.time.timestamp(), challenger, label, 0.9))
+        writer.close()
+        waiting = run_check(
+            project, PARAMS, Counter(), log, ref, T0 + timedelta(hours=1), ShadowParams(min_requests=100)
+        )
+        assert waiting.summary["shadow"]["requests"] == 60 and not waiting.summary["shadow"]["ready"]
+        assert not any(a.startswith("canary ready") for a in waiting.summary["alerts"])
+        ready = run_check(project, PARAMS, Counter(), log, ref, T0 + timedelta(hours=2), ShadowParams(min_requests=50))
+        shadow = ready.summary["shadow"]
+        assert shadow["ready"] and shadow["agreement"] == 90.0 and shadow["challenger"] == challenger
+        [alert] = [a for a in ready.summary["alerts"] if a.startswith("canary ready")]
+        assert challenger in alert and "90.0 % agreement" in alert and "mmfuse champion repromote" in alert
+        assert "canary" in summary_markdown(ready)
+    finally:
+        registry.end_shadow("test over")

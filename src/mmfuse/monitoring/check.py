@@ -19,7 +19,14 @@ import pandas as pd
 
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
-from mmfuse.inference.log import DEFAULT_LOG, LOG_ENV, SET_ASIDE_COLUMNS, feedback_by_version, read_log
+from mmfuse.inference.log import (
+    DEFAULT_LOG,
+    LOG_ENV,
+    SET_ASIDE_COLUMNS,
+    feedback_by_version,
+    read_log,
+    shadow_evidence,
+)
 from mmfuse.io import write_json
 from mmfuse.modality import FLAGS, MODALITIES
 from mmfuse.models.artifact import REFERENCE_FILE
@@ -28,6 +35,7 @@ from mmfuse.monitoring.log_checks import check_log
 from mmfuse.monitoring.reference import read_reference
 from mmfuse.monitoring.state import AccuracyPoint, MonitorState, load_state, save_state
 from mmfuse.params.monitor import MonitorParams
+from mmfuse.params.promote import ShadowParams
 
 Trigger = Callable[[dict[str, Any]], str | None]  # gets the check summary, returns the run it started
 
@@ -105,6 +113,17 @@ def champion_age(now: datetime, max_age_days: float) -> dict[str, Any] | None:
     }
 
 
+def canary(log: Path, champion_tag: str | None, params: ShadowParams) -> dict[str, Any] | None:
+    """What the challenger in shadow has shown against the serving champion so far, and whether it
+    is enough for `mmfuse champion repromote` to decide (promote.shadow's minimum counts); None
+    when nothing is in shadow."""
+    challenger = registry.challenger()
+    if challenger is None or champion_tag is None:
+        return None
+    seen = shadow_evidence(log, champion_tag, str(challenger.tag)).to_dict()
+    return {**seen, "ready": seen["requests"] >= params.min_requests and seen["labelled"] >= params.min_feedback}
+
+
 def alerts(summary: dict[str, Any]) -> list[str]:
     """What someone must be told about one check, one line each; [] when all is well.
 
@@ -134,6 +153,13 @@ def alerts(summary: dict[str, Any]) -> list[str]:
                 f"labelled requests vs {row['offline_accuracy']} % on the test split (limit {row['max_gap']} points): "
                 "the test split no longer resembles traffic"
             )
+    shadow = summary.get("shadow")
+    if shadow and shadow["ready"]:
+        found.append(
+            f"canary ready: {shadow['challenger']} scored {shadow['requests']} requests in shadow "
+            f"({shadow['agreement']} % agreement; live {shadow['challenger_accuracy']} % vs the champion's "
+            f"{shadow['champion_accuracy']} % on {shadow['labelled']} labels): `mmfuse champion repromote` decides"
+        )
     if summary.get("trigger_error"):
         found.append(f"retraining was not started: {summary['trigger_error']}")
     return found
@@ -175,8 +201,10 @@ def run_check(
     log: Path | None = None,
     reference: Path | None = None,
     now: datetime | None = None,
+    shadow: ShadowParams | None = None,
 ) -> CheckResult:
-    """Check the log rows since the last check; write reports; trigger on entering drift."""
+    """Check the log rows since the last check; write reports; trigger on entering drift.
+    With `shadow` (promote.shadow), report the canary's evidence and alert once it suffices."""
     project = Path(project)
     now = now or datetime.now(timezone.utc)
     state_file = project / params.state_path
@@ -193,6 +221,7 @@ def run_check(
         "champion": champion,
         "champion_stale": bool(champion and champion["stale"]),
         "versions": offline_vs_online(feedback_by_version(log), params.max_offline_gap, params.min_feedback),
+        "shadow": canary(log, champion["tag"] if champion else None, shadow) if shadow is not None else None,
     }
     out_dir = project / params.reports_dir
     if len(window) < params.min_records:
@@ -277,6 +306,14 @@ def summary_markdown(result: CheckResult) -> str:
         lines += [
             f"| {v['version']} | {v['offline_accuracy']} | {v['live_accuracy']} ({v['feedback']}) | {v['gap_points']} |"
             for v in s["versions"]
+        ]
+    if s.get("shadow"):
+        c = s["shadow"]
+        lines += [
+            "",
+            f"Canary {c['challenger']} in shadow: {c['requests']} requests scored, {c['agreement']} % agreement, "
+            f"live {c['challenger_accuracy']} % vs the champion's {c['champion_accuracy']} % on {c['labelled']} labels"
+            f"{' (enough to decide)' if c['ready'] else ''}.",
         ]
     if result.status == "insufficient_data":
         return "\n".join([*lines, "", s["detail"]])

@@ -15,17 +15,21 @@ from mmfuse.params import load_params
 
 @task(task_run_name="check logged traffic")
 def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult:
-    params = load_params(Path(project) / "params.yaml").monitor
+    params = load_params(Path(project) / "params.yaml")
     return run_check(
-        Path(project), params, trigger or trigger_training(params.training_deployment), Path(log) if log else None
+        Path(project),
+        params.monitor,
+        trigger or trigger_training(params.monitor.training_deployment),
+        Path(log) if log else None,
+        shadow=params.promote.shadow,
     )
 
 
 @flow(name="mmfuse-monitoring", log_prints=True, on_failure=[notify_failure])
 def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger | None = None) -> dict[str, Any]:
     """Validate and drift-check the log since the last check; on entering drift, start training.
-    Every alert of the check (drift, a failing sensor, failed data checks, a stale champion)
-    goes to the notification block `monitor.notify_block`.
+    Every alert of the check (drift, a failing sensor, failed data checks, a stale champion, a
+    canary with enough evidence) goes to the notification block `monitor.notify_block`.
 
     `trigger` replaces the default (run the training deployment) when called in-process.
     """
