@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mmfuse.inference.log import InferenceLog, LogRecord
+from mmfuse.inference.log import InferenceLog
 from mmfuse.inference.predictor import Predictor, PreparedSample
 from mmfuse.io import write_json
 from mmfuse.modality import MODALITIES
@@ -64,23 +64,8 @@ def write_traffic(log: Path, artifact: Path, processed: Path, records: int) -> N
             batch = samples[start : start + 256][: records - written]
             for k, (sample, score) in enumerate(zip(batch, predictor.forward(batch))):
                 answer = predictor.explain(sample, score, uuid.uuid4().hex)
-                writer.record(
-                    LogRecord(
-                        request_id=answer.request_id,
-                        ts=(START + timedelta(seconds=written)).timestamp(),
-                        endpoint="predict",
-                        model_version=predictor.version,
-                        present=tuple(bool(v) for v in sample.tensors["mask"].tolist()),
-                        stats=sample.stats,
-                        embedding=score.embedding.flatten().numpy(),
-                        prediction=answer.label,
-                        confidence=answer.confidence,
-                        probabilities=answer.probabilities,
-                        latency_ms=2.0,
-                        trust=tuple(answer.trust[m].score if m in answer.trust else None for m in MODALITIES),
-                        set_aside=tuple(m in answer.modalities_set_aside for m in MODALITIES),
-                    )
-                )
+                ts = (START + timedelta(seconds=written)).timestamp()
+                writer.record(predictor.log_record(sample, score, answer, "predict", ts, latency_ms=2.0))
                 if written % 2 == 0:
                     ids.append((answer.request_id, labels[start + k]))
                 written += 1

@@ -265,7 +265,7 @@ def champion_clean() -> None:
 @champion_app.command("end-shadow")
 @friendly
 def champion_end_shadow() -> None:
-    """Stop scoring the challenger in shadow (from the service's next start); the champion is untouched."""
+    """Stop scoring the challenger in shadow (a running service drops it at its next look); the champion stays."""
     from mmfuse.inference import registry
 
     ended = registry.end_shadow("ended by hand")

@@ -55,7 +55,7 @@ from mmfuse.preprocess.text import UNK_ID
 
 LOG_ENV = "MMFUSE_INFERENCE_LOG"
 DEFAULT_LOG = Path("data/inference/log.sqlite")
-SCHEMA_VERSION = 3  # 2: per-modality trust score and set-aside flag (older logs gain the columns, NULL); 3: shadow
+SCHEMA_VERSION = 3  # 2: per-modality trust and set-aside (older logs gain the columns, NULL); 3: shadow, captured
 TRUST_COLUMNS: tuple[str, ...] = tuple(f"{m}_trust" for m in MODALITIES)  # NULL where absent or no trust model
 SET_ASIDE_COLUMNS: tuple[str, ...] = tuple(f"{m}_set_aside" for m in MODALITIES)  # given but not believed
 STAT_COLUMNS: tuple[str, ...] = (
@@ -129,7 +129,6 @@ _COLUMNS = (
     *SET_ASIDE_COLUMNS,
 )
 _TABLES = ("inference", "shadow", "captured")
-_MEDIA = ("image", "audio")
 _PRUNE = "DELETE FROM {table} WHERE rowid <= (SELECT MAX(rowid) FROM {table}) - ?"
 _EXPIRE = "DELETE FROM {table} WHERE ts < ?"
 
@@ -227,17 +226,6 @@ class ShadowRecord:
         return (self.request_id, self.ts, self.model_version, self.prediction, self.confidence, self.error)
 
 
-def reach(work: queue.Queue[Any], timeout: float) -> bool:
-    """Queue a barrier and wait until the consumer of `work` sets it (every item before it is
-    done); False on timeout. The consumer sets each `threading.Event` it takes."""
-    barrier = threading.Event()
-    try:
-        work.put(barrier, timeout=timeout)
-    except queue.Full:
-        return False
-    return barrier.wait(timeout)
-
-
 @dataclass(frozen=True)
 class CaptureRecord:
     """The raw inputs of a request that opted in to capture (the writer stores the media)."""
@@ -296,15 +284,13 @@ class MediaStore:
             self.size -= path.stat().st_size
             path.unlink()
 
-    def keep_only(self, digests: set[str]) -> int:
-        """Delete every file whose content no row names; how many were deleted. A file written in
-        the last minute is spared: another worker may not have committed the row naming it yet."""
-        removed, recent = 0, time.time() - _CAPTURE_GRACE_S
+    def keep_only(self, digests: set[str]) -> None:
+        """Delete every file whose content no row names. A file written in the last minute is
+        spared: another worker may not have committed the row naming it yet."""
+        recent = time.time() - _CAPTURE_GRACE_S
         for path in self.files():
             if path.name not in digests and path.stat().st_mtime < recent:
                 self.remove(path.name)
-                removed += 1
-        return removed
 
 
 def _sha(data: bytes) -> str:
@@ -365,7 +351,7 @@ class InferenceLog:
         self._thread = threading.Thread(target=self._run, name="inference-log-writer", daemon=True)
         self._thread.start()
 
-    def record(self, record: LogRecord | ShadowRecord | CaptureRecord) -> bool:
+    def record(self, record: Record) -> bool:
         """Queue one record for writing; False when it had to be dropped."""
         if self._closed:
             return False
@@ -380,7 +366,14 @@ class InferenceLog:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued before this call is committed; False on timeout."""
-        return True if self._closed else reach(self._queue, timeout)
+        if self._closed:
+            return True
+        barrier = threading.Event()
+        try:
+            self._queue.put(barrier, timeout=timeout)
+        except queue.Full:
+            return False
+        return barrier.wait(timeout)
 
     def feedback(self, request_id: str, label: str) -> str | None:
         """Store the true label beside its request; return that request's prediction, None if unknown.

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from mmfuse.data.manifest import text_given
 from mmfuse.errors import MediaError, MMFuseError, NonFiniteError
-from mmfuse.inference.log import input_statistics
+from mmfuse.inference.log import LogRecord, input_statistics
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model, read_temperature
 from mmfuse.models.trust import TRUST, Trust, load_trust, mixture, subset_log_probs
@@ -250,4 +250,30 @@ class Predictor:
             contributions=contributions,
             driver=max(contributions, key=lambda m: contributions[m].share),
             model_version=self.version,
+        )
+
+    def log_record(
+        self,
+        sample: PreparedSample,
+        scores: Scores,
+        prediction: Prediction,
+        endpoint: str,
+        ts: float,
+        latency_ms: float,
+    ) -> LogRecord:
+        """The inference-log row of one answered sample: what monitoring reads of it."""
+        return LogRecord(
+            request_id=prediction.request_id,
+            ts=ts,
+            endpoint=endpoint,
+            model_version=self.version,
+            present=tuple(bool(v) for v in sample.tensors["mask"].tolist()),
+            stats=sample.stats,
+            embedding=scores.embedding.flatten().numpy(),
+            prediction=prediction.label,
+            confidence=prediction.confidence,
+            probabilities=prediction.probabilities,
+            latency_ms=latency_ms,
+            trust=tuple(prediction.trust[m].score if m in prediction.trust else None for m in MODALITIES),
+            set_aside=tuple(m in prediction.modalities_set_aside for m in MODALITIES),
         )

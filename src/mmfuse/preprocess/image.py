@@ -96,7 +96,7 @@ def _weighted_mean(views: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def bilateral(grey: np.ndarray, radius: int, sigma_space: float, sigma_range: float) -> np.ndarray:
     """Edge-preserving smoothing: neighbours weigh by distance and by intensity likeness."""
     views, distance2 = _neighbourhood(grey, radius)
-    exponent = distance2 / (-2 * sigma_space**2) + (views - grey.astype(np.float64)) ** 2 / (-2 * sigma_range**2)
+    exponent = distance2 / (-2 * sigma_space**2) + (views - grey) ** 2 / (-2 * sigma_range**2)
     return _weighted_mean(views, np.exp(exponent))
 
 
@@ -104,7 +104,7 @@ def nl_means(grey: np.ndarray, patch: int, search: int, h: float) -> np.ndarray:
     """Non-local means (Buades et al.): average the pixels of the search window whose
     surrounding patch looks alike, weighted by exp(-patch distance / h^2)."""
     views, _ = _neighbourhood(grey, search // 2)
-    distance = ndimage.uniform_filter((views - grey.astype(np.float64)) ** 2, size=(1, patch, patch), mode="reflect")
+    distance = ndimage.uniform_filter((views - grey) ** 2, size=(1, patch, patch), mode="reflect")
     return _weighted_mean(views, np.exp(distance / (-h * h)))
 
 

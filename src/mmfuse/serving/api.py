@@ -27,7 +27,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError, WithJsonSchema
 from pydantic.json_schema import models_json_schema
 from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
@@ -232,16 +232,18 @@ async def _read_predict_form(request: Request) -> RawSample:
 
 
 CAPTURE_HEADER = "x-mmfuse-capture"
-_CAPTURE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": False}
+_BOOL = TypeAdapter(bool)
 
 
 def _capture(request: Request) -> bool:
-    """Whether the request opted in to having its raw inputs kept (the X-MMFuse-Capture header)."""
-    value = request.headers.get(CAPTURE_HEADER, "").strip().lower()
-    if value not in _CAPTURE_VALUES:
+    """Whether the request opted in to having its raw inputs kept (the X-MMFuse-Capture header,
+    read as pydantic reads a boolean: true/false, 1/0, yes/no, on/off)."""
+    value = request.headers.get(CAPTURE_HEADER)
+    try:
+        return value is not None and _BOOL.validate_python(value.strip())
+    except ValidationError as exc:
         msg = "must be true or false (keep this request's raw inputs for training once labelled)."
-        raise RequestRejected(400, [Problem(("header", CAPTURE_HEADER), msg, "capture")])
-    return _CAPTURE_VALUES[value]
+        raise RequestRejected(400, [Problem(("header", CAPTURE_HEADER), msg, "capture")]) from exc
 
 
 async def predict(request: Request) -> Response:
@@ -377,7 +379,7 @@ _CAPTURE_PARAMETER = {
         "true: keep this request's raw inputs beside the inference log, so that once labelled (POST /feedback) "
         "they can become training data (`mmfuse harvest`); off by default (serve.capture turns it on for all)"
     ),
-    "schema": {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
+    "schema": {"type": "boolean"},
 }  # bearer auth when MMFUSE_API_TOKEN is set, none otherwise
 
 

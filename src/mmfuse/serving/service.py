@@ -44,10 +44,9 @@ import torch
 
 from mmfuse.errors import NonFiniteError
 from mmfuse.inference import registry
-from mmfuse.inference.log import CaptureRecord, InferenceLog, LogRecord, log_path
+from mmfuse.inference.log import CaptureRecord, InferenceLog, log_path
 from mmfuse.inference.predictor import InputProblem, Prediction, Predictor, PreparedSample, RawSample
 from mmfuse.inference.registry import MODEL_NAME
-from mmfuse.modality import MODALITIES
 from mmfuse.serving.api import PROTECTED, SERVE, FeedbackResponse, ReloadResponse, ServiceBinding, app
 from mmfuse.serving.auth import BearerAuth
 from mmfuse.serving.batching import AdaptiveBatcher
@@ -258,23 +257,7 @@ class MMFuse:
             except NonFiniteError as exc:
                 logger.error("refused to answer: %s", exc)
                 raise RequestRejected(500, [Problem(("model",), str(exc), "non_finite_output")]) from exc
-            self.log.record(
-                LogRecord(
-                    request_id=prediction.request_id,
-                    ts=now,
-                    endpoint=endpoint,
-                    model_version=served.predictor.version,
-                    present=tuple(bool(v) for v in sample.tensors["mask"].tolist()),
-                    stats=sample.stats,
-                    embedding=score.embedding.flatten().numpy(),
-                    prediction=prediction.label,
-                    confidence=prediction.confidence,
-                    probabilities=prediction.probabilities,
-                    latency_ms=latency_ms,
-                    trust=tuple(prediction.trust[m].score if m in prediction.trust else None for m in MODALITIES),
-                    set_aside=tuple(m in prediction.modalities_set_aside for m in MODALITIES),
-                )
-            )
+            self.log.record(served.predictor.log_record(sample, score, prediction, endpoint, now, latency_ms))
             predictions.append(prediction)
         return predictions
 
