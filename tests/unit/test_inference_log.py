@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from log_records import record
 
 from mmfuse.inference import log as log_module
 from mmfuse.inference.log import (
@@ -20,7 +21,6 @@ from mmfuse.inference.log import (
     STAT_COLUMNS,
     CaptureRecord,
     InferenceLog,
-    LogRecord,
     ShadowRecord,
     input_statistics,
     log_path,
@@ -28,35 +28,6 @@ from mmfuse.inference.log import (
     read_log,
     shadow_evidence,
 )
-
-
-def record(
-    request_id: str, ts: float | None = None, prediction: str = "one", version: str = "mmfuse:test"
-) -> LogRecord:
-    """A prediction from an image and a text (no audio), as the service logs it."""
-    return LogRecord(
-        request_id=request_id,
-        ts=time.time() if ts is None else ts,
-        endpoint="predict",
-        model_version=version,
-        present=(True, False, True),
-        stats=input_statistics(
-            {
-                "image": torch.full((1, 2, 2), 0.5),
-                "audio": torch.zeros(2, 3),
-                "text": torch.tensor([4, 5, 1, 0]),
-                "mask": torch.tensor([True, False, True]),
-            },
-            image_bytes=100,
-            audio_bytes=None,
-            text_chars=3,
-        ),
-        embedding=np.arange(6, dtype=np.float32),
-        prediction=prediction,
-        confidence=0.75,
-        probabilities={"zero": 0.25, "one": 0.75},
-        latency_ms=1.5,
-    )
 
 
 @pytest.fixture

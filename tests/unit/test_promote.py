@@ -55,6 +55,37 @@ def test_challenger_must_beat_champion_by_the_margin():
     assert decide(scores(accuracy=92.0), scores(accuracy=91.5), True, PARAMS)["verdict"] == "promote"
 
 
+def recent(accuracy: float, samples: int = 100) -> dict:
+    return {**scores(accuracy=accuracy), "samples": samples}
+
+
+@pytest.mark.parametrize(
+    ("ours", "original", "failed"),
+    [
+        (85.0, 91.5, []),  # +10 on recent traffic, -0.5 on the original test: the retrain is worth it
+        (76.0, 92.5, ["recent_traffic_improves"]),  # better on the original test, not on today's traffic
+        (85.0, 90.5, ["original_test_holds"]),  # forgot the original task by more than the tolerance
+    ],
+)
+def test_with_recent_traffic_the_challenger_gains_there_and_holds_the_original_test(ours, original, failed):
+    params = PromoteParams(recent_margin=2.0, original_tolerance=1.0, min_recent=30, subset_tolerance=5.0)
+    decision = decide(
+        scores(accuracy=original), scores(accuracy=92.0), True, params, recent=(recent(ours), recent(75.0))
+    )
+    assert decision["failed_gates"] == failed
+    assert "beats_champion" not in {g["gate"] for g in decision["gates"]}
+    assert decision["recent_traffic"]["judged"]
+    assert decision["recent_traffic"]["challenger"]["subsets"]["image+audio+text"] == ours  # listed per subset
+
+
+def test_too_little_recent_traffic_falls_back_to_beating_the_champion_on_test():
+    params = PromoteParams(min_recent=30)
+    decision = decide(
+        scores(accuracy=91.0), scores(accuracy=92.0), True, params, recent=(recent(99.0, 29), recent(50.0, 29))
+    )
+    assert decision["failed_gates"] == ["beats_champion"] and not decision["recent_traffic"]["judged"]
+
+
 def test_a_simpler_model_as_good_as_the_challenger_is_named_and_wins():
     """ML Test Score M5: the late-fusion reference scored 93.15 beside the fusion model's 93.1."""
     baselines = {"late_fusion": 93.15, "image+audio": 89.5}

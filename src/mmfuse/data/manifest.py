@@ -24,9 +24,14 @@ BLANK_CATEGORIES = ("P", "S", "C", "Z")
 REQUIRED_COLUMNS = ("sample_id", "label", "split", "image", "audio", "text")
 # Every dataset needs train, val and test. test_clean is optional: undegraded twins of test
 # samples (avdigits writes them, see data.clean_twin), reported apart as clean-input
-# figures and never used for a choice.
+# figures and never used for a choice. test_recent is optional too: the share of harvested
+# traffic held out (`mmfuse harvest`), never trained on, which promotion scores beside test.
 REQUIRED_SPLITS = ("train", "val", "test")
-SPLITS = (*REQUIRED_SPLITS, "test_clean")
+RECENT_SPLIT = "test_recent"
+SPLITS = (*REQUIRED_SPLITS, "test_clean", RECENT_SPLIT)
+# What an extra dataset (`data.extra`, e.g. a harvest) may add: training data and recent-traffic
+# test data; never val or test, so the original test split stays comparable across versions.
+EXTRA_SPLITS = ("train", RECENT_SPLIT)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

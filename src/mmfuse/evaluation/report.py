@@ -262,6 +262,14 @@ def _headline(results: dict[str, Any]) -> list[tuple[str, Any]]:
             if "clean_input_fused_accuracy" in h
             else []
         ),
+        *(
+            [
+                ("recent-traffic fused %", h["recent_traffic_fused_accuracy"]),
+                ("recent-traffic served %", h["recent_traffic_robust_accuracy"]),
+            ]
+            if "recent_traffic_fused_accuracy" in h
+            else []
+        ),
     ]
 
 
@@ -364,5 +372,5 @@ def metrics_summary(results: dict[str, Any]) -> dict[str, Any]:
         },
         "complexity": results["parameters"],
         "trust": results["trust"],
-        **({"clean_input": results["clean_input"]} if results.get("clean_input") else {}),
+        **{key: results[key] for key in ("clean_input", "recent_traffic") if results.get(key)},
     }

@@ -25,8 +25,8 @@ def score_artifact(
     temperature: float | None = None,
     params: EvaluateParams = EvaluateParams(),
 ) -> dict[str, Any]:
-    """{"accuracy": %, "subsets": {name: %}, "classes": {label: recall %}, "ece": float} of one
-    artifact on one split.
+    """{"accuracy": %, "subsets": {name: %}, "classes": {label: recall %}, "ece": float, "samples": n}
+    of one artifact on one split.
 
     For the promote stage: the challenger and the champion are re-scored by the same code
     on the same data. `temperature` (the artifact's calibration.json) scales the logits
@@ -45,4 +45,5 @@ def score_artifact(
         "subsets": {name: round(s["accuracy"], 4) for name, s in subsets.items()},
         "classes": {name: m["recall"] for name, m in per_class.items() if m["support"]},
         "ece": round(expected_calibration_error(probs, labels, params.ece_bins), 6),
+        "samples": len(labels),
     }

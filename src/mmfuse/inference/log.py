@@ -261,7 +261,7 @@ class MediaStore:
         return [p for p in self.root.glob("??/*") if p.is_file() and not p.name.endswith(".tmp")]
 
     def path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest
+        return media_path(self.root, digest)
 
     def fits(self, *payloads: bytes | None) -> bool:
         new = sum(len(b) for b in payloads if b is not None and not self.path(_sha(b)).exists())
@@ -291,6 +291,11 @@ class MediaStore:
         for path in self.files():
             if path.name not in digests and path.stat().st_mtime < recent:
                 self.remove(path.name)
+
+
+def media_path(root: Path, digest: str) -> Path:
+    """Where the content `digest` lives in the media store at `root`."""
+    return Path(root) / digest[:2] / digest
 
 
 def _sha(data: bytes) -> str:
@@ -551,6 +556,32 @@ def read_log(path: Path | str, since: datetime | None = None) -> pd.DataFrame:
     frame["probabilities"] = [json.loads(text) for text in frame["probabilities"]]
     frame[list(STAT_COLUMNS)] = frame[list(STAT_COLUMNS)].astype(float)
     frame["true_label"] = frame["true_label"].astype(object).where(frame["true_label"].notna(), None)
+    return frame[columns]
+
+
+def labelled_captures(path: Path | str) -> pd.DataFrame:
+    """Every captured request that has feedback, oldest first: request_id, time (UTC), label (the
+    true label /feedback brought), image and audio (paths in the media store, "" where absent; a
+    file may since have been deleted) and text ("" where absent). What `mmfuse harvest` turns into training data."""
+    columns = ["request_id", "time", "label", "image", "audio", "text"]
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    conn = _read_only(path)
+    try:
+        frame = pd.read_sql_query(
+            "SELECT c.request_id, c.ts, i.true_label AS label, c.image, c.audio, c.text "
+            "FROM captured c JOIN inference i ON i.request_id = c.request_id "
+            "WHERE i.true_label IS NOT NULL ORDER BY c.ts, c.request_id",
+            conn,
+        )
+    finally:
+        conn.close()
+    store = media_root(path)
+    for column in ("image", "audio"):
+        frame[column] = [str(media_path(store, digest)) if digest else "" for digest in frame[column]]
+    frame["text"] = frame["text"].fillna("")
+    frame["time"] = pd.to_datetime(frame.pop("ts"), unit="s", utc=True)
     return frame[columns]
 
 

@@ -34,6 +34,9 @@ class Degradation(Section):
 
 class DataParams(Section):
     dataset: str = "avdigits"
+    # Manifests of extra datasets ingest merges into `dataset` (for example harvested traffic,
+    # data/external/feedback/<window>/manifest.csv); their rows may be train or test_recent only.
+    extra: list[str] = []
     preset: Literal["clean", "hard"] = "hard"
     split: Literal["standard", "speaker"] = "standard"
     holdout_speaker: str = "theo"
@@ -48,6 +51,15 @@ class DataParams(Section):
         "clean": Degradation(),
         "hard": Degradation(image_pca_energy=0.25, audio_snr_db=-9.0),
     }
+
+    @model_validator(mode="after")
+    def _extra_manifests(self) -> "DataParams":
+        bad = [path for path in self.extra if not path.endswith((".csv", ".parquet"))]
+        if bad:
+            raise ValueError(f"data.extra must list .csv or .parquet manifests, got {bad}")
+        if len(set(self.extra)) != len(self.extra):
+            raise ValueError("data.extra lists a manifest twice")
+        return self
 
     @model_validator(mode="after")
     def _preset_known(self) -> "DataParams":

@@ -33,5 +33,7 @@ class MonitorParams(Section):
     monitoring_cron: str = "0 * * * *"  # hourly drift check
     timezone: str = "UTC"
     reports_dir: str = "reports/monitoring"
+    harvest_dir: str = "data/external/feedback"  # `mmfuse harvest` writes <this>/<window>/ (list it in data.extra)
+    harvest_holdout: float = Field(0.2, ge=0, lt=1)  # share of each harvest held out as test_recent, never trained on
     state_path: str = "data/monitoring/state.json"
     prefect_port: int = Field(4200, ge=1, le=65535)  # the local Prefect server `mmfuse orchestrate` starts

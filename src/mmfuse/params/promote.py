@@ -38,3 +38,9 @@ class PromoteParams(Section):
     min_class_accuracy: float = Field(80.0, ge=0, le=100)  # floor for each class's recall (percent)
     min_speaker_accuracy: float = Field(80.0, ge=0, le=100)  # floor per speaker, where the data names speakers
     shadow: ShadowParams = ShadowParams()  # canary: live evidence before the switch
+    # With a recent-traffic test set (test_recent: harvested traffic held out), the challenger is
+    # judged on what matters now: it must gain this much there on the champion (points) ...
+    recent_margin: float = 2.0
+    # ... and may lose at most this much on the original test split (points), instead of beating it.
+    original_tolerance: float = Field(1.0, ge=0)
+    min_recent: int = Field(30, ge=1)  # fewer recent-traffic samples than this: judged on the original test alone

@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mmfuse.data.manifest import dataset_manifest
+from mmfuse.data.manifest import RECENT_SPLIT, dataset_manifest
 from mmfuse.evaluation import complexity
 from mmfuse.evaluation.calibration import calibrate
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawSplit, corrupted_levels, split_rows
@@ -53,6 +53,9 @@ from mmfuse.stages import console, stage_cli
 
 SPLIT = "test"
 CLEAN_SPLIT = "test_clean"
+# Optional test splits, each reported apart under its own key and never used for a choice: the
+# undegraded twins of the test samples, and the harvested traffic held out (`mmfuse harvest`).
+EXTRA_TESTS = {"clean_input": CLEAN_SPLIT, "recent_traffic": RECENT_SPLIT}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -102,14 +105,19 @@ def _progress() -> Progress:
     )
 
 
-def _clean_input(
-    processed: Path, models: dict[str, MultimodalClassifier], trust: Trust, temperature: float, batch_size: int
+def _extra_test(
+    processed: Path,
+    name: str,
+    models: dict[str, MultimodalClassifier],
+    trust: Trust,
+    temperature: float,
+    batch_size: int,
 ) -> dict[str, Any]:
-    """Every figure on the undegraded twins of the test samples (the optional `test_clean` split):
-    {fused_accuracy, subsets, served: {accuracy per trust method, set_aside}}, or {} without them."""
-    if not split_path(processed, CLEAN_SPLIT).exists():
+    """Every figure on the optional test split `name` (EXTRA_TESTS):
+    {count, fused_accuracy, subsets, served: {accuracy per trust method, set_aside}}, or {} without it."""
+    if not split_path(processed, name).exists():
         return {}
-    split = load_split(processed, CLEAN_SPLIT)
+    split = load_split(processed, name)
     subsets = evaluate_subsets(models, split)
     return {
         "count": len(split.sample_ids),
@@ -206,7 +214,10 @@ def run(
         methods = [m for m in next(iter(curves.values()))["accuracy"] if m in METHODS]
         regret = {m: corruption_regret(curves, m) for m in methods}
         served = regret[params.trust.method]
-        clean_input = _clean_input(processed_dir, models, fitted, calibration["temperature"], params.batch_size)
+        extra = {
+            key: _extra_test(processed_dir, split, models, fitted, calibration["temperature"], params.batch_size)
+            for key, split in EXTRA_TESTS.items()
+        }
         speakers = (
             speaker_results(manifest_rows["speaker"].to_numpy(), labels, logits, rows)
             if "speaker" in manifest_rows
@@ -239,16 +250,17 @@ def run(
                 "corruption_regret_points": served["all"],
                 "corruption_regret_seen_points": served.get("seen"),
                 "corruption_regret_unseen_points": served.get("unseen"),
-                **(
-                    {
-                        "clean_input_fused_accuracy": clean_input["fused_accuracy"],
-                        "clean_input_robust_accuracy": clean_input["served"]["accuracy"][params.trust.method],
-                    }
-                    if clean_input
-                    else {}
-                ),
+                **{
+                    f"{key}_{figure}": value
+                    for key, found in extra.items()
+                    if found
+                    for figure, value in (
+                        ("fused_accuracy", found["fused_accuracy"]),
+                        ("robust_accuracy", found["served"]["accuracy"][params.trust.method]),
+                    )
+                },
             },
-            "clean_input": clean_input,
+            **extra,
             "trust": {
                 "threshold": fitted.threshold,
                 "false_setaside": setaside,

@@ -7,6 +7,11 @@ replaces the old one in one rename, and <raw> is a persistent DVC output (DVC do
 delete it before the stage runs): a failure leaves the previous dataset untouched. A
 dataset's inputs are checked (links that dangle or leave its folder) before anything is
 written.
+
+Extra datasets (`data.extra`, e.g. harvested traffic) are merged in: each is copied under
+<raw>/<name>/extra/<its folder>/ and its rows appended to the manifest with their media paths
+prefixed, so the validate stage checks them with the rest (leakage into test included) and
+every later stage sees one dataset. They are read and checked before anything is written.
 """
 
 from __future__ import annotations
@@ -14,14 +19,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.progress import track
 
 from mmfuse.data.avdigits import build_avdigits
-from mmfuse.data.manifest import dataset_manifest, dataset_name, link_problems, read_manifest, unsafe_path_reason
+from mmfuse.data.manifest import (
+    EXTRA_SPLITS,
+    dataset_manifest,
+    dataset_name,
+    link_problems,
+    read_manifest,
+    unsafe_path_reason,
+)
 from mmfuse.data.sources import fetch_all
 from mmfuse.errors import ConfigError, ManifestError
-from mmfuse.io import atomic_dir
+from mmfuse.io import atomic_dir, atomic_file
 from mmfuse.modality import MEDIA
 from mmfuse.params import load_params
 from mmfuse.params.data import DataParams
@@ -50,10 +63,70 @@ def copy_own_dataset(manifest_path: Path, out_dir: Path) -> None:
                 shutil.copyfile(origin, staging / rel)
 
 
+EXTRA_DIR = "extra"
+
+
+def read_extras(paths: list[str]) -> dict[str, tuple[Path, pd.DataFrame]]:
+    """Each extra manifest by the name of its folder, read and checked: it exists, its rows
+    are train or test_recent only (EXTRA_SPLITS), and no two share a folder name."""
+    extras: dict[str, tuple[Path, pd.DataFrame]] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(
+                f"data.extra names {path}, which does not exist: remove it from params.yaml or restore it."
+            )
+        frame = read_manifest(path)
+        bad = frame[~frame["split"].isin(EXTRA_SPLITS)]
+        if len(bad):
+            shown = ", ".join(f"{r.sample_id} ({r.split!r})" for r in bad.head(5).itertuples())
+            raise ManifestError(
+                f"{path}: {len(bad)} row(s) in a split an extra dataset may not add, first: {shown}; "
+                f"extra rows must be {' or '.join(EXTRA_SPLITS)} (val and test stay the base dataset's)."
+            )
+        name = path.parent.name
+        if name in extras:
+            raise ConfigError(
+                f"data.extra: {extras[name][0]} and {path} both live in a folder named {name!r}; rename one."
+            )
+        extras[name] = (path, frame)
+    return extras
+
+
+def merge_extras(dataset_dir: Path, manifest: Path, extras: dict[str, tuple[Path, pd.DataFrame]]) -> None:
+    """Copy each extra dataset to <dataset_dir>/extra/<name>/ and append its rows to `manifest`.
+
+    Safe media paths gain the prefix extra/<name>/; unsafe ones stay as they are, so the validate
+    stage names the row (a prefix could turn "/etc/x" into a harmless-looking missing file). The
+    manifest is rewritten in one rename, after every copy succeeded.
+    """
+    if not extras:
+        return
+    frames = [read_manifest(manifest)]
+    with atomic_dir(Path(dataset_dir) / EXTRA_DIR) as staging:
+        for name, (path, frame) in extras.items():
+            copy_own_dataset(path, staging / name)
+            prefixed = frame.copy()
+            for column in MEDIA:
+                prefixed[column] = frame[column].map(
+                    lambda rel, name=name: f"{EXTRA_DIR}/{name}/{rel}"
+                    if rel and unsafe_path_reason(rel) is None
+                    else rel
+                )
+            frames.append(prefixed)
+        merged = pd.concat(frames, ignore_index=True).fillna("")
+        if manifest.suffix == ".parquet":
+            with atomic_file(manifest, "wb") as handle:
+                merged.to_parquet(handle, index=False)
+        else:
+            with atomic_file(manifest) as handle:
+                merged.to_csv(handle, index=False, lineterminator="\n")
+
+
 def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
-    """Ingest the configured dataset into raw/<name>/, then drop any other dataset's folder
+    """Ingest the configured dataset into raw/<name>/ with its extras merged in, then drop any other dataset's folder
     from <raw> (it was the output of another configuration); return the manifest."""
     out_dir = Path(raw) / dataset_name(params)
+    extras = read_extras(params.extra)
     if params.dataset == "avdigits":
         fetch_all(Path(sources))
         build_avdigits(Path(sources), out_dir, params)
@@ -64,6 +137,7 @@ def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
                 f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
             )
         copy_own_dataset(manifest, out_dir)
+    merge_extras(out_dir, dataset_manifest(params, raw), extras)
     for stale in Path(raw).iterdir():
         if stale == out_dir:
             continue

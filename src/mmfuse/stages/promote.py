@@ -8,6 +8,12 @@ An experiment (`dvc exp run`, which DVC marks with $DVC_EXP_NAME) decides but do
 publish: it trained what its own params say, and production must not change because someone
 tried an idea. Its record says what it would have done; `promote.from_experiments` opts in.
 
+Where the data hold a recent-traffic test set (split test_recent: harvested traffic held out,
+`mmfuse harvest`) of at least `promote.min_recent` samples, both models are scored on it too,
+and "beats the champion" becomes: gains `recent_margin` points there, and loses at most
+`original_tolerance` on the original test split. A model retrained for today's traffic is
+promoted for doing better on it, as long as it has not forgotten the original task.
+
 With `promote.shadow.require` a challenger that passes every offline gate does not switch
 at once: it is served in shadow beside the champion (verdict "shadow") and the next
 decision (`mmfuse champion repromote`, once the service has scored enough traffic with it) adds
@@ -25,12 +31,14 @@ from typing import Any, Callable
 
 import typer
 
+from mmfuse.data.manifest import RECENT_SPLIT
 from mmfuse.evaluation.predict import FUSED, REFERENCE
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
 from mmfuse.inference.log import ShadowEvidence, log_path, shadow_evidence
 from mmfuse.io import write_json
 from mmfuse.models.artifact import CALIBRATION, REFERENCE_FILE, WEIGHTS, read_temperature
+from mmfuse.models.data import split_path
 from mmfuse.models.trust import TRUST
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
@@ -92,18 +100,51 @@ def simpler_baselines(evaluation: dict[str, Any]) -> dict[str, float]:
     return found
 
 
+def _champion_gates(
+    accuracy: float, champion: Scores, recent: tuple[Scores, Scores] | None, params: PromoteParams
+) -> list[dict[str, Any]]:
+    """Beat the champion on the original test split or, with recent traffic to judge on (challenger's
+    and champion's scores there), gain on it while holding the original test within the tolerance."""
+    if recent is None:
+        needed = champion["accuracy"] + params.margin
+        return [
+            _gate("beats_champion", accuracy, round(needed, 4), accuracy >= needed, "accuracy >= champion + margin")
+        ]
+    ours, theirs = recent[0]["accuracy"], recent[1]["accuracy"]
+    needed, floor = theirs + params.recent_margin, champion["accuracy"] - params.original_tolerance
+    return [
+        _gate(
+            "recent_traffic_improves",
+            ours,
+            round(needed, 4),
+            ours >= needed,
+            "accuracy on the recent-traffic test set >= champion's there + recent_margin",
+        ),
+        _gate(
+            "original_test_holds",
+            accuracy,
+            round(floor, 4),
+            accuracy >= floor,
+            "accuracy on the original test split >= champion's - original_tolerance",
+        ),
+    ]
+
+
 def decide(
     challenger: Scores,
     champion: Scores | None,
     validation_passed: bool,
     params: PromoteParams,
     baselines: dict[str, float] | None = None,
+    recent: tuple[Scores, Scores | None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every gate (never stopping at the first failure) and return the verdict.
 
     `challenger` may carry "classes" and "speakers" ({name: accuracy}) beside "subsets":
     each gets its floor. `baselines` ({simpler model: accuracy}) must be beaten by the
-    margin; when one is not, the record names it as `simpler_model`.
+    margin; when one is not, the record names it as `simpler_model`. `recent`: the challenger's
+    and the champion's scores on the recent-traffic test set, which judge the challenger against
+    the champion when it holds `params.min_recent` samples or more.
     """
     gates = []
     if params.require_validation:
@@ -129,11 +170,9 @@ def decide(
             "expected calibration error after temperature scaling",
         )
     )
+    judged_recent = recent is not None and recent[1] is not None and recent[0]["samples"] >= params.min_recent
     if champion is not None:
-        needed = champion["accuracy"] + params.margin
-        gates.append(
-            _gate("beats_champion", accuracy, round(needed, 4), accuracy >= needed, "accuracy >= champion + margin")
-        )
+        gates += _champion_gates(accuracy, champion, recent if judged_recent else None, params)
         for subset, theirs in sorted(champion["subsets"].items()):
             ours = challenger["subsets"].get(subset, 0.0)
             floor = theirs - params.subset_tolerance
@@ -158,6 +197,16 @@ def decide(
         "champion": champion,
         "baselines": baselines or {},
     }
+    if recent is not None:
+        record["recent_traffic"] = {
+            "challenger": recent[0],
+            "champion": recent[1],
+            "judged": judged_recent,
+            "detail": (
+                f"{recent[0]['samples']} held-out samples of harvested traffic "
+                f"(judged from promote.min_recent: {params.min_recent})"
+            ),
+        }
     beaten_by = [g["baseline"] for g in gates if "baseline" in g and not g["passed"]]
     if beaten_by:
         simpler = max(beaten_by, key=lambda name: baselines[name])
@@ -301,8 +350,10 @@ def run(
     params_file: Path = Path("params.yaml"),
     evaluation: Path | None = None,
     inference_log: Path | None = None,
+    recent_scorer: Scorer | None = None,
 ) -> dict[str, Any]:
-    """Score challenger and champion with the same `scorer`, decide, and promote on success.
+    """Score challenger and champion with the same `scorer` (and `recent_scorer`, on the
+    recent-traffic test set where the data have one), decide, and promote on success.
 
     The champion in the store carries what serving and monitoring need beside the weights:
     its calibration and, when given, its trust and the drift reference profile built from it. The
@@ -329,8 +380,12 @@ def run(
     changed = _changed_files(Path(current.path), candidate, companions) if current is not None else None
     same_weights = changed is not None and "weights" not in changed
     # Against itself the model needs no comparison: only the absolute gates judge new companions.
-    champion_scores = scorer(Path(current.path)) if current is not None and not same_weights else None
-    record = decide(challenger, champion_scores, validation_passed, params, baselines)
+    compared = current is not None and not same_weights
+    champion_scores = scorer(Path(current.path)) if compared else None
+    recent = None
+    if recent_scorer is not None:
+        recent = (recent_scorer(candidate), recent_scorer(Path(current.path)) if compared else None)
+    record = decide(challenger, champion_scores, validation_passed, params, baselines, recent)
     record["champion_tag"] = str(current.tag) if current is not None else None
     if same_weights and not changed:
         record.update(
@@ -383,11 +438,11 @@ def run(
     return record
 
 
-def test_split_scorer(processed: Path, calibration: Path, params: EvaluateParams) -> Scorer:
-    """Scores an artifact on the processed test split, with its own temperature (this run's for the challenger)."""
+def split_scorer(processed: Path, calibration: Path, params: EvaluateParams, split: str = "test") -> Scorer:
+    """Scores an artifact on one processed split, with its own temperature (this run's for the challenger)."""
 
     def scorer(artifact: Path) -> Scores:
-        return score_artifact(artifact, processed, "test", read_temperature(artifact, calibration), params)
+        return score_artifact(artifact, processed, split, read_temperature(artifact, calibration), params)
 
     return scorer
 
@@ -410,7 +465,12 @@ def main(
         validation=validation,
         decision=decision,
         params=params.promote,
-        scorer=test_split_scorer(processed, calibration, params.evaluate),
+        scorer=split_scorer(processed, calibration, params.evaluate),
+        recent_scorer=(
+            split_scorer(processed, calibration, params.evaluate, RECENT_SPLIT)
+            if split_path(processed, RECENT_SPLIT).exists()
+            else None
+        ),
         reference=reference,
         trust=trust,
         experiment=os.environ.get(EXPERIMENT_ENV),

@@ -56,9 +56,13 @@ def _context(docs_dir: Path) -> EphemeralDataContext:
 
 
 def _run_checkpoint(
-    table: pd.DataFrame, checks: list[Check], docs_dir: Path, max_examples: int
+    table: pd.DataFrame, checks: list[Check], docs_dir: Path, max_examples: int | None
 ) -> dict[str, ExpectationValidationResult]:
-    """Run every suite over ``table`` in one checkpoint that also builds Data Docs; results by check name."""
+    """Run every suite over ``table`` in one checkpoint that also builds Data Docs; results by check name.
+
+    With ``max_examples`` the results list that many failing rows per check (SUMMARY); without,
+    every failing row (COMPLETE), for callers that act on each row.
+    """
     context = _context(docs_dir)
     batch = (
         context.data_sources.add_pandas("mmfuse")
@@ -80,9 +84,9 @@ def _run_checkpoint(
             validation_definitions=definitions,
             actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
             result_format={
-                "result_format": "SUMMARY",
+                "result_format": "SUMMARY" if max_examples is not None else "COMPLETE",
                 "unexpected_index_column_names": ["row"],
-                "partial_unexpected_count": max_examples,
+                "partial_unexpected_count": max_examples or 0,
             },
         )
     )
@@ -154,6 +158,39 @@ def _summary(manifest: pd.DataFrame, entries: list[dict[str, Any]], docs_index: 
         "data_docs": str(docs_index),
         "expectations": entries,
     }
+
+
+def row_failures(
+    table: pd.DataFrame, checks: list[Check], docs_dir: Path, refusing: tuple[str, ...] = ()
+) -> tuple[dict[int, list[str]], list[str]]:
+    """Run the suites over a validation table (Data Docs into ``docs_dir``) for a caller that keeps
+    the rows that pass and refuses the others, as `mmfuse harvest` does.
+
+    Returns, per table row (its ``row`` number) failing a critical check or a check named in
+    ``refusing`` (a warning that refuses here, e.g. a duplicate), one line per failure in
+    the validate stage's words, and the failed critical checks that judge the table as a whole
+    (a missing column, a split without a modality), which no row can be refused for.
+    """
+    with atomic_dir(Path(docs_dir)) as build_dir:
+        outcomes = _run_checkpoint(table, checks, build_dir, None)
+    by_row = table.set_index("row")
+    failing: dict[int, list[str]] = {}
+    whole: list[str] = []
+    for check in checks:
+        outcome = outcomes[check.name]
+        if not (check.critical or check.name in refusing) or outcome.success:
+            continue
+        hits = (outcome.result or {}).get("unexpected_index_list")
+        if not hits:
+            whole.append(_describe(_entry(check, outcome, table)))
+            continue
+        for hit in hits:
+            row = int(hit["row"])
+            value = _plain(by_row.at[row, check.detail])
+            failing.setdefault(row, []).append(
+                f"{check.suite}/{check.name}: {value!r} ({check.expectation.description})"
+            )
+    return failing, whole
 
 
 def run_validation(

@@ -27,6 +27,7 @@ from mmfuse.params.validate import ValidateParams
 SUITES = ("manifest", "media", "leakage")
 IMAGE_MODES = ("L", "RGB", "RGBA", "P")
 AUDIO_CHANNELS = (1, 2)
+DUPLICATE_CHECK = "sample_not_duplicated"
 CRITICAL = "critical"
 WARNING = "warning"
 
@@ -76,6 +77,24 @@ def _leak_details(table: pd.DataFrame, kind: str) -> tuple[pd.Series, pd.Series]
     return crosses, detail
 
 
+def _duplicates(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per row: is it the same sample as an earlier row (same image bytes, audio bytes and text),
+    and which one. A duplicate adds no information and weighs its sample twice in training;
+    harvested traffic (`mmfuse harvest`) refuses one outright."""
+    content = pd.DataFrame(
+        {
+            "image": table["image_sha256"].where(table["image_decodable"].eq(True), table["image"]),
+            "audio": table["audio_sha256"].where(table["audio_decodable"].eq(True), table["audio"]),
+            "text": table["text"],
+        }
+    ).fillna("")
+    first = table.groupby([content["image"], content["audio"], content["text"]], sort=False)["sample_id"].transform(
+        "first"
+    )
+    repeated = content.duplicated(keep="first")
+    return repeated, first.where(repeated, "")
+
+
 def _path_problem(rel: str) -> str:
     reason = unsafe_path_reason(rel)
     return f"{rel!r} {reason}" if reason else ""
@@ -98,6 +117,7 @@ def validation_table(manifest: pd.DataFrame, facts: pd.DataFrame) -> pd.DataFram
     for kind in ("image", "audio"):
         table[f"{kind}_path_problem"] = table[kind].map(_path_problem)
         table[f"{kind}_crosses_split"], table[f"{kind}_leak"] = _leak_details(table, kind)
+    table["duplicated"], table["duplicate_of"] = _duplicates(table)
     return table
 
 
@@ -314,5 +334,16 @@ def build_checks(params: ValidateParams, contract: PreprocessParams, train_label
             value_set=[False],
         )
         for kind in ("image", "audio")
+    ] + [
+        _check(
+            DUPLICATE_CHECK,
+            "leakage",
+            in_set,
+            WARNING,
+            "The same image, audio and text as an earlier row: no new information, and the sample weighs twice.",
+            detail="duplicate_of",
+            column="duplicated",
+            value_set=[False],
+        )
     ]
     return manifest + media + leakage
