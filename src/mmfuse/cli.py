@@ -167,6 +167,33 @@ def simulate_traffic(
 
 @app.command()
 @friendly
+def harvest(
+    log: Optional[Path] = typer.Option(
+        None, help="Inference log (default: $MMFUSE_INFERENCE_LOG or data/inference/log.sqlite)."
+    ),
+) -> None:
+    """Turn labelled, captured traffic since the last harvest into a DVC-versioned dataset (monitor.harvest_dir)."""
+    from mmfuse.orchestration.harvest import extra_with_harvests, harvest_project
+    from mmfuse.params import load_params
+
+    params = load_params()
+    result = harvest_project(Path("."), params, log)
+    for request_id, reasons in result.refused.items():
+        console.print(f"[yellow]refused[/] {request_id}: {'; '.join(reasons)}", markup=True, highlight=False)
+    if result.path is None:
+        console.print(f"nothing harvested: {result.candidates} new labelled capture(s), none kept.")
+        return
+    kept = ", ".join(f"{n} {split}" for split, n in result.kept.items())
+    console.print(f"[green]harvested[/] {result.manifest}: {kept}; {len(result.refused)} refused")
+    extra = extra_with_harvests(Path("."), params)
+    console.print(
+        "train on it: list it in params.yaml's data.extra, then `dvc repro`; or try it first as an experiment:\n"
+        f"  dvc exp run -S 'data.extra={extra}'"
+    )
+
+
+@app.command()
+@friendly
 def forget(request_id: str = typer.Argument(..., help="The request_id a prediction returned.")) -> None:
     """Delete one request from the inference log with everything kept of it (captured inputs included)."""
     from mmfuse.inference.log import InferenceLog, log_path

@@ -53,7 +53,8 @@ class TriggerFailed(MMFuseError):
 
 
 def trigger_training(deployment: str) -> Trigger:
-    """A trigger that starts the training deployment `mmfuse-training/<deployment>` and does not wait."""
+    """A trigger that starts the training deployment `mmfuse-training/<deployment>`, harvesting
+    labelled traffic first (its `harvest` parameter), and does not wait."""
 
     def _trigger(summary: dict[str, Any]) -> str | None:
         from prefect.deployments import run_deployment
@@ -62,7 +63,7 @@ def trigger_training(deployment: str) -> Trigger:
 
         name = f"mmfuse-training/{deployment}"
         try:
-            run = run_deployment(name=name, timeout=0, tags=["drift"])
+            run = run_deployment(name=name, timeout=0, tags=["drift"], parameters={"harvest": True})
         except ObjectNotFound as exc:
             server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
             raise TriggerFailed(

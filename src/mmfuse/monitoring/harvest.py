@@ -214,12 +214,12 @@ def harvest(
     console = console or Console(stderr=True)
     window = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     harvest_dir = Path(harvest_dir)
-    if not Path(raw_manifest).is_file():
-        raise MMFuseError(f"no ingested dataset at {raw_manifest} to check a harvest against: run `dvc repro` first.")
     captures = labelled_captures(log)
     captures = captures[~captures["request_id"].isin(harvested_requests(harvest_dir))]
     if captures.empty:
         return Harvest(window, None, 0)
+    if not Path(raw_manifest).is_file():
+        raise MMFuseError(f"no ingested dataset at {raw_manifest} to check a harvest against: run `dvc repro` first.")
     target = harvest_dir / window
     if target.exists():
         raise MMFuseError(f"{target} already exists: one harvest per second at most; try again.")

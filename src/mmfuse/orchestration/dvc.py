@@ -114,6 +114,27 @@ def repromote(project: Path, stage: str = "promote") -> StageResult:
     return StageResult(stage, ran=True, output=_repro(stage, project, "--force"))
 
 
+def track(path: Path, project: Path) -> Path:
+    """Version a folder of new data: `dvc add` (its files into the DVC cache, <folder>.dvc beside it),
+    then, in a git repository, stage the .dvc file and DVC's .gitignore, so a commit or a
+    `dvc exp run` carries them. Returns the .dvc file."""
+    project = Path(project).resolve()
+    rel = Path(path).resolve().relative_to(project)
+    _dvc_ok(["add", rel.as_posix()], project, "add")
+    dvc_file = rel.with_name(f"{rel.name}.dvc")
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=project, capture_output=True, text=True)
+    if inside.returncode == 0:
+        staged = subprocess.run(
+            ["git", "add", dvc_file.as_posix(), (rel.parent / ".gitignore").as_posix()],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
+        if staged.returncode != 0:
+            raise MMFuseError(f"git could not stage {dvc_file}: {staged.stderr.strip()}")
+    return project / dvc_file
+
+
 def _experiment_args(overrides: dict[str, Any], name: str | None) -> list[str]:
     args = ["exp", "run"] + (["--name", name] if name else [])
     for key, value in sorted(overrides.items()):

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
 from mmfuse.orchestration.alerts import notify, notify_failure
+from mmfuse.orchestration.harvest import harvest_project
 from mmfuse.params import load_params
 
 
@@ -25,16 +26,27 @@ def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult
     )
 
 
+@task(task_run_name="harvest labelled traffic")
+def harvest(project: str, log: str | None) -> dict[str, Any]:
+    result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"), Path(log) if log else None)
+    return result.to_dict()
+
+
 @flow(name="mmfuse-monitoring", log_prints=True, on_failure=[notify_failure])
 def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger | None = None) -> dict[str, Any]:
     """Validate and drift-check the log since the last check; on entering drift, start training.
     Every alert of the check (drift, a failing sensor, failed data checks, a stale champion, a
     canary with enough evidence) goes to the notification block `monitor.notify_block`.
 
-    `trigger` replaces the default (run the training deployment) when called in-process.
+    Labelled, captured traffic is harvested first (`mmfuse harvest`), so a retraining the check
+    starts finds it versioned. `trigger` replaces the default (run the training deployment) when
+    called in-process.
     """
+    harvested = harvest(str(Path(project).resolve()), log)
     result = check(str(Path(project).resolve()), log, trigger)
     logger = get_run_logger()
+    if harvested["path"]:
+        logger.info("harvest: kept %s in %s", harvested["kept"], harvested["path"])
     logger.info(
         "monitoring: %s over %d requests%s",
         result.status,
@@ -49,4 +61,4 @@ def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger
     if result.summary.get("alerts"):
         block = load_params(Path(project) / "params.yaml").monitor.notify_block
         notify(block, f"mmfuse monitoring: {result.status}", result.summary["alerts"])
-    return result.summary
+    return {**result.summary, "harvest": harvested}

@@ -15,6 +15,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mmfuse.orchestration.alerts import notify_failure
 from mmfuse.orchestration.dvc import StageFailed, StageResult, repro_stage, run_experiment, stage_names
+from mmfuse.orchestration.harvest import extra_with_harvests, harvest_project
+from mmfuse.params import load_params
 
 
 def _transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's hook signature)
@@ -32,6 +34,16 @@ def run_stage(stage: str, project: str) -> dict[str, Any]:
     result: StageResult = repro_stage(stage, Path(project))
     get_run_logger().info("%s: %s", stage, "ran" if result.ran else "unchanged, skipped by DVC")
     return {"stage": stage, "ran": result.ran}
+
+
+@task(task_run_name="harvest")
+def harvest_traffic(project: str) -> dict[str, Any]:
+    """Harvest labelled, captured traffic into a new DVC-versioned window (nothing when none is new)."""
+    result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"))
+    get_run_logger().info(
+        "harvest: %d new labelled capture(s), kept %s, refused %d", result.candidates, result.kept, len(result.refused)
+    )
+    return result.to_dict()
 
 
 @task(task_run_name="experiment")
@@ -65,9 +77,22 @@ def _publish(project: Path, stages: list[dict[str, Any]]) -> None:
 
 
 @flow(name="mmfuse-training", log_prints=True, on_failure=[notify_failure])
-def training_flow(project: str = ".", overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Reproduce the pipeline through DVC; with `overrides`, as a recorded DVC experiment."""
+def training_flow(
+    project: str = ".", overrides: dict[str, Any] | None = None, harvest: bool = False
+) -> list[dict[str, Any]]:
+    """Reproduce the pipeline through DVC; with `overrides`, as a recorded DVC experiment.
+
+    With `harvest` (what drift starts), labelled traffic is harvested first and every harvest
+    window joins `data.extra` for this run, which is then a DVC experiment: it can be inspected
+    (`dvc exp show`), applied or thrown away, and promotes only with promote.from_experiments.
+    """
     root = Path(project).resolve()
+    if harvest:
+        harvest_traffic(str(root))
+        params = load_params(root / "params.yaml")
+        extra = extra_with_harvests(root, params)
+        if extra != params.data.extra:
+            overrides = {**(overrides or {}), "data.extra": extra}
     if overrides:
         run_overridden(overrides, str(root))
         stages = [{"stage": "experiment " + ", ".join(f"{k}={v}" for k, v in overrides.items()), "ran": True}]

@@ -27,11 +27,11 @@ import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 
-from mmfuse.data.manifest import RECENT_SPLIT
+from mmfuse.data.manifest import RECENT_SPLIT, dataset_manifest
 from mmfuse.evaluation.predict import FUSED, REFERENCE
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
@@ -438,11 +438,14 @@ def run(
     return record
 
 
-def split_scorer(processed: Path, calibration: Path, params: EvaluateParams, split: str = "test") -> Scorer:
-    """Scores an artifact on one processed split, with its own temperature (this run's for the challenger)."""
+def split_scorer(
+    processed: Path, calibration: Path, params: EvaluateParams, raw_manifest: Path | None, split: str = "test"
+) -> Scorer:
+    """Scores an artifact on one split, through its own preprocessing (from `raw_manifest` when it is
+    not the processed data's) and with its own temperature (this run's for the challenger)."""
 
     def scorer(artifact: Path) -> Scores:
-        return score_artifact(artifact, processed, split, read_temperature(artifact, calibration), params)
+        return score_artifact(artifact, processed, split, read_temperature(artifact, calibration), params, raw_manifest)
 
     return scorer
 
@@ -455,19 +458,23 @@ def main(
     reference: Path = typer.Option(..., help="The drift reference that travels with the champion."),
     trust: Path = typer.Option(..., help="The challenger's trust.safetensors (the evaluate stage's)."),
     evaluation: Path = typer.Option(..., help="The evaluate stage's metrics: baselines to beat, per-speaker results."),
+    raw: Optional[Path] = typer.Option(
+        None, help="The ingested datasets: a champion with other preprocessing is scored from their media."
+    ),
     decision: Path = typer.Option(..., help="Where the decision record goes."),
 ) -> None:
     """Stage 7: challenger vs champion through the gates; the winner becomes the champion."""
     params = load_params()
+    raw_manifest = dataset_manifest(params.data, raw) if raw is not None else None
     record = run(
         candidate=candidate,
         calibration=calibration,
         validation=validation,
         decision=decision,
         params=params.promote,
-        scorer=split_scorer(processed, calibration, params.evaluate),
+        scorer=split_scorer(processed, calibration, params.evaluate, raw_manifest),
         recent_scorer=(
-            split_scorer(processed, calibration, params.evaluate, RECENT_SPLIT)
+            split_scorer(processed, calibration, params.evaluate, raw_manifest, RECENT_SPLIT)
             if split_path(processed, RECENT_SPLIT).exists()
             else None
         ),
