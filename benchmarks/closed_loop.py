@@ -10,7 +10,7 @@ the ingested default dataset under data/raw). Every step is the product's own, f
    Half of them are sent to be harvested ("traffic"), the other half only to measure ("later").
 2. A project in a temporary git + DVC repository trains on the rest (`dvc repro`) and promotes its
    first champion into a model store of its own.
-3. `mmfuse serve` (capture on) answers "later" with the audio-noise shift (feedback on, no capture):
+3. `mmfuse serve` answers "later" with the audio-noise shift (feedback on, no capture):
    `live_accuracy_before`. Then "traffic", shifted, captured, all labelled.
 4. The monitoring flow (harvest, then the drift check) on a Prefect test server.
 5. The drift-triggered training flow (`harvest=True`): a DVC experiment with the harvest in
@@ -141,7 +141,7 @@ def main() -> None:
     )
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["dataset"] = manifest.relative_to(project).as_posix()
-    params["serve"].update(capture=True, reload_interval_s=2)
+    params["serve"].update(capture=False, reload_interval_s=2)  # only the "traffic" requests opt in (header)
     params["promote"]["from_experiments"] = True
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (project / ".gitignore").write_text("/src/**/__pycache__\n/server.log\n")
