@@ -214,7 +214,7 @@ def main() -> None:
             "served_before": first,
             "served_after": served,
             "drift_status": check.get("status"),
-            "harvest": check.get("harvest"),
+            "harvest": {**check["harvest"], "path": Path(check["harvest"]["path"]).relative_to(project).as_posix()},
             "step_wall_s": times,
         }
     )
