@@ -179,16 +179,18 @@ def harvest(
     params = load_params()
     result = harvest_project(Path("."), params, log)
     for request_id, reasons in result.refused.items():
-        console.print(f"[yellow]refused[/] {request_id}: {'; '.join(reasons)}", markup=True, highlight=False)
+        console.print(f"[yellow]refused[/] {request_id}: {'; '.join(reasons)}", highlight=False, soft_wrap=True)
     if result.path is None:
-        console.print(f"nothing harvested: {result.candidates} new labelled capture(s), none kept.")
+        console.print(f"nothing harvested: {result.candidates} new labelled capture(s), none kept.", soft_wrap=True)
         return
     kept = ", ".join(f"{n} {split}" for split, n in result.kept.items())
-    console.print(f"[green]harvested[/] {result.manifest}: {kept}; {len(result.refused)} refused")
+    where = result.manifest.relative_to(Path.cwd().resolve())
+    console.print(f"[green]harvested[/] {where}: {kept}; {len(result.refused)} refused", soft_wrap=True)
     extra = extra_with_harvests(Path("."), params)
     console.print(
         "train on it: list it in params.yaml's data.extra, then `dvc repro`; or try it first as an experiment:\n"
-        f"  dvc exp run -S 'data.extra={extra}'"
+        f"  dvc exp run -S 'data.extra={extra}'",
+        soft_wrap=True,  # a command to copy, whole
     )
 
 

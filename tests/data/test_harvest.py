@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,11 +16,14 @@ import pytest
 import soundfile as sf
 from log_records import record
 from PIL import Image
+from typer.testing import CliRunner
 
+from mmfuse.cli import app
 from mmfuse.data.manifest import RECENT_SPLIT, dataset_manifest, read_manifest, resolve_media
 from mmfuse.errors import ConfigError, ManifestError
 from mmfuse.inference.log import CaptureRecord, InferenceLog, labelled_captures
 from mmfuse.monitoring.harvest import SUMMARY, harvest, holdout_ids, windows
+from mmfuse.params import load_params
 from mmfuse.params.data import DataParams
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.params.validate import ValidateParams
@@ -150,3 +156,28 @@ def test_an_extra_dataset_may_not_add_test_rows_and_nothing_is_written(tmp_path,
             params=DataParams(dataset=str(tiny_dataset), extra=[str(tmp_path / "gone" / "manifest.csv")]),
         )
     assert dataset_manifest(DataParams(dataset=str(tiny_dataset)), tmp_path / "raw").read_bytes() == before
+
+
+def test_the_cli_harvests_into_a_dvc_versioned_window_staged_in_git(tmp_path, tiny_dataset, monkeypatch):
+    project = tmp_path / "project"
+    shutil.copytree(tiny_dataset.parent, project / "data" / "external" / "tiny")
+    (project / "params.yaml").write_text("data:\n  dataset: data/external/tiny/manifest.csv\n")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path)}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=project, env=env, check=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("PATH", env["PATH"])
+    ingested = ingest(sources=project / "data" / "sources", raw=project / "data" / "raw", params=load_params().data)
+    log, reasons = _traffic(tmp_path, ingested)
+    shown = CliRunner().invoke(app, ["harvest", "--log", str(log)], terminal_width=300)
+    assert shown.exit_code == 0, shown.output
+    assert "harvested data/external/feedback/" in shown.output and "3 test_recent, 7 train; 4 refused" in shown.output
+    assert all(f"refused {request_id}" in shown.output for request_id in reasons)
+    assert "dvc exp run -S 'data.extra=" in shown.output
+    (window,) = (project / "data" / "external" / "feedback").glob("*.dvc")
+    staged = subprocess.run(
+        ["git", "diff", "--cached", "--name-only"], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert f"data/external/feedback/{window.name}" in staged.stdout.split()
+    again = CliRunner().invoke(app, ["harvest", "--log", str(log)], terminal_width=300)
+    assert again.exit_code == 0 and "nothing harvested: 4 new labelled capture(s), none kept" in again.output
