@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_tools import run
+from project_tools import run, tree_digest
 
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
@@ -26,14 +25,6 @@ from mmfuse.params import load_params
 from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
-
-
-def _tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_repro_builds_and_validates(tiny_project):
@@ -52,12 +43,12 @@ def test_second_repro_does_nothing(project_copy):
 
 
 def test_push_pull_round_trip(project_copy):
-    before = _tree_digest(project_copy / "data" / "raw")
+    before = tree_digest(project_copy / "data" / "raw")
     run(["dvc", "push"], project_copy)
     shutil.rmtree(project_copy / "data" / "raw")
     shutil.rmtree(project_copy / ".dvc" / "cache")
     run(["dvc", "pull"], project_copy)
-    assert _tree_digest(project_copy / "data" / "raw") == before
+    assert tree_digest(project_copy / "data" / "raw") == before
 
 
 def test_bad_data_stops_the_pipeline_and_names_the_row(project_copy):
@@ -70,13 +61,13 @@ def test_bad_data_stops_the_pipeline_and_names_the_row(project_copy):
 
 
 def test_fusion_head_experiments_reuse_the_unimodal_models_and_compare_in_exp_show(project_copy):
-    unimodal = _tree_digest(project_copy / "models" / "baselines" / "image")
+    unimodal = tree_digest(project_copy / "models" / "baselines" / "image")
     heads = [h for h in FUSIONS if h != yaml.safe_load((project_copy / "params.yaml").read_text())["train"]["fusion"]]
     for head in heads:
         output = run_experiment({"train.fusion": head}, project_copy, name=f"head-{head}")
         assert "Running stage 'train_fusion'" in output and "Running stage 'train_unimodal'" not in output, output
         assert load_model(project_copy / "models" / "candidate")[1]["model"]["fusion"] == head
-    assert _tree_digest(project_copy / "models" / "baselines" / "image") == unimodal
+    assert tree_digest(project_copy / "models" / "baselines" / "image") == unimodal
     table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project_copy).stdout)))
     by_name = {row["Experiment"]: row for row in table if row["Experiment"]}
     assert {by_name[f"head-{h}"]["train.fusion"] for h in heads} == set(heads)
@@ -103,7 +94,7 @@ def test_a_known_failure_is_told_from_a_transient_one_by_its_record_not_its_text
 
 def test_a_bad_link_in_the_dataset_stops_the_pipeline_and_keeps_the_previous_raw_data(project_copy, tmp_path):
     """A failed ingest once left data/raw deleted (DVC removes outputs before a stage runs)."""
-    raw = _tree_digest(project_copy / "data" / "raw")
+    raw = tree_digest(project_copy / "data" / "raw")
     lock = (project_copy / "dvc.lock").read_text()
     dataset = project_copy / "data" / "external" / "tiny"
     outside = tmp_path / "elsewhere.png"
@@ -114,12 +105,12 @@ def test_a_bad_link_in_the_dataset_stops_the_pipeline_and_keeps_the_previous_raw
     done = run(["dvc", "repro"], project_copy, check=False)
     assert done.returncode != 0
     assert "linked.png (named by the manifest) links to" in done.stdout + done.stderr
-    assert _tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
+    assert tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
     (dataset / "images" / "linked.png").unlink()
     (dataset / "images" / "ghost.png").symlink_to(tmp_path / "nowhere.png")  # dangling: DVC's own hashing stops
     done = run(["dvc", "repro"], project_copy, check=False)
     assert done.returncode != 0 and "ghost.png" in done.stdout + done.stderr
-    assert _tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
+    assert tree_digest(project_copy / "data" / "raw") == raw and (project_copy / "dvc.lock").read_text() == lock
 
 
 def _readme_way_back() -> str:
@@ -148,9 +139,9 @@ def test_an_experiment_decides_but_never_promotes(project_copy):
 
 
 def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_promote_reruns_alone(project_copy):
-    models = _tree_digest(project_copy / "models" / "candidate")
+    models = tree_digest(project_copy / "models" / "candidate")
     run_experiment({"train.fusion": "concat"}, project_copy, name="concat")
-    assert _tree_digest(project_copy / "models" / "candidate") != models
+    assert tree_digest(project_copy / "models" / "candidate") != models
     shutil.rmtree(project_copy / ".dvc" / "cache")  # as if dvc.lock had been committed from another machine
     done = subprocess.run(
         ["bash", "-c", _readme_way_back()],
@@ -161,7 +152,7 @@ def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_pro
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "up to date" in run(["dvc", "status"], project_copy).stdout
-    assert _tree_digest(project_copy / "models" / "candidate") == models
+    assert tree_digest(project_copy / "models" / "candidate") == models
     # promote alone: nothing above it reruns
     _wipe_store()
     output = repromote(project_copy).output

@@ -3,7 +3,6 @@ fresh clone that pulls, and everything byte-identical and in sync (`dvc status -
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import time
@@ -12,19 +11,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from project_tools import run
+from project_tools import run, tree_digest
 from test_service_support import free_port
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 TRACKED = ("data/raw", "data/processed", "models/candidate")
-
-
-def _digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_push_to_s3_then_a_fresh_clone_pulls_identical_outputs(project_copy, tmp
     assert not (clone / "data" / "raw").exists()
     run(["dvc", "pull"], clone)
     for path in TRACKED:
-        assert _digest(clone / path) == _digest(project_copy / path), path
+        assert tree_digest(clone / path) == tree_digest(project_copy / path), path
     status = run(["dvc", "status", "--cloud", "--json"], clone).stdout
     assert status.strip() in ("{}", ""), status  # the clone and the remote agree
     assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
