@@ -22,7 +22,7 @@ from conftest_flows import prefect_server  # noqa: F401 (session fixture)
 from test_service_support import LABELS, build_artifact, free_port, running
 
 from mmfuse.inference import registry
-from mmfuse.inference.log import read_log
+from mmfuse.inference.log import CaptureRecord, InferenceLog, read_log
 from mmfuse.monitoring.check import TriggerFailed, trigger_training
 from mmfuse.monitoring.reference import REFERENCE_COLUMNS, build_reference, read_reference
 from mmfuse.monitoring.traffic import simulate_traffic
@@ -209,3 +209,27 @@ def test_alerts_and_failed_runs_reach_the_webhook(prefect_server, webhook, tmp_p
     assert webhook[-1]["subject"].startswith("mmfuse: mmfuse-training run ") and webhook[-1]["subject"].endswith(
         "failed"
     )
+
+
+def test_a_harvest_that_cannot_run_is_alerted_and_the_check_still_runs(prefect_server, tmp_path):  # noqa: F811
+    """Labelled, captured traffic but no ingested dataset to judge it against (say, a serving-only
+    machine): the check runs anyway and says why nothing was harvested, even with the alert's
+    webhook down."""
+    save_webhook(f"http://127.0.0.1:{free_port()}/hook", MonitorParams().notify_block)  # nobody listens there
+    project, log = tmp_path, tmp_path / "log.sqlite"
+    (project / "params.yaml").write_text(yaml.safe_dump({"monitor": MONITOR}))
+    artifact = build_artifact(project / "artifact")
+    synthetic.reference_file(artifact / "reference.parquet")
+    registry.promote(artifact, {"source": "harvest test"})
+    synthetic.log_traffic(log, 60, seed=5, start=datetime.now(timezone.utc))
+    captured = InferenceLog(log, 1000, 100, 90, capture_max_bytes=1000)
+    try:
+        request_id = read_log(log)["request_id"].iloc[0]
+        captured.record(CaptureRecord(request_id, datetime.now(timezone.utc).timestamp(), None, None, "seven"))
+        assert captured.flush() and captured.feedback(request_id, LABELS[0]) is not None
+    finally:
+        captured.close()
+    summary = monitoring_flow(project=str(project), log=str(log), trigger=lambda s: "never called")
+    assert summary["records"] == 60
+    assert "no ingested dataset" in summary["harvest"]["error"]
+    assert any(alert.startswith("labelled traffic was not harvested") for alert in summary["alerts"])

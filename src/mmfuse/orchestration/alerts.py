@@ -2,9 +2,9 @@
 
 The block is named by `monitor.notify_block` ("<block type>/<name>": any Prefect
 notification block, a custom webhook, Slack, Teams, e-mail). `mmfuse alerts-webhook URL`
-saves a custom-webhook block under that name on the Prefect server. Without the block,
-alerts stay in the reports and the flow logs a warning: monitoring never fails because no
-one is listening.
+saves a custom-webhook block under that name on the Prefect server. Without the block, or when
+it cannot deliver, alerts stay in the reports and the flow logs it: monitoring never fails
+because no one is listening.
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ WEBHOOK_TYPE = "custom-webhook"
 
 
 def notify(block: str, subject: str, lines: list[str]) -> bool:
-    """Send `lines` under `subject` through the notification block `block`; False when no such block exists."""
+    """Send `lines` under `subject` through the notification block `block`; False when no such block
+    exists or it could not deliver (a webhook that is down must not fail the check it reports on)."""
     try:
         target = Block.load(block)
     except ValueError:  # Prefect's answer for a block document that does not exist
         logger.warning("no notification block %r: alerts stay in the reports (`mmfuse alerts-webhook URL`)", block)
         return False
-    target.notify("\n".join(lines), subject=subject)
+    try:
+        target.notify("\n".join(lines), subject=subject)
+    except Exception as exc:  # noqa: BLE001 - any block type's failure (a webhook down, Slack refusing)
+        logger.error("notification block %r could not deliver %r (%s): it stays in the reports", block, subject, exc)
+        return False
     return True
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from mmfuse.errors import MMFuseError
 from mmfuse.monitoring.check import CheckResult, Trigger, run_check, summary_markdown, trigger_training
 from mmfuse.orchestration.alerts import notify, notify_failure
 from mmfuse.orchestration.harvest import harvest_project
@@ -28,7 +29,12 @@ def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult
 
 @task(task_run_name="harvest labelled traffic")
 def harvest(project: str, log: str | None) -> dict[str, Any]:
-    result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"), Path(log) if log else None)
+    """`mmfuse harvest`; a harvest that cannot run (no ingested dataset to judge it against, no DVC
+    project) is reported and alerted, and never stops the drift check."""
+    try:
+        result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"), Path(log) if log else None)
+    except MMFuseError as exc:
+        return {"path": None, "error": str(exc)}
     return result.to_dict()
 
 
@@ -47,6 +53,9 @@ def monitoring_flow(project: str = ".", log: str | None = None, trigger: Trigger
     logger = get_run_logger()
     if harvested["path"]:
         logger.info("harvest: kept %s in %s", harvested["kept"], harvested["path"])
+    if harvested.get("error"):
+        logger.warning("labelled traffic was not harvested: %s", harvested["error"])
+        result.summary.setdefault("alerts", []).append(f"labelled traffic was not harvested: {harvested['error']}")
     logger.info(
         "monitoring: %s over %d requests%s",
         result.status,
