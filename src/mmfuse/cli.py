@@ -214,12 +214,16 @@ def forget(request_id: str = typer.Argument(..., help="The request_id a predicti
 
 @app.command()
 @friendly
-def orchestrate() -> None:
+def orchestrate(
+    pool: Optional[str] = typer.Option(
+        None, help="Register the deployments on this process work pool, for `prefect worker start --pool NAME`."
+    ),
+) -> None:
     """Start (or reuse) a local Prefect server and serve the nightly training and hourly monitoring deployments."""
     from mmfuse.orchestration.server import orchestrate as run
     from mmfuse.params import load_params
 
-    run(Path.cwd(), load_params())
+    run(Path.cwd(), load_params(), pool)
 
 
 champion_app = typer.Typer(no_args_is_help=True, help="Show, roll back, clean, re-promote the champion.")

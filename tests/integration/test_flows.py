@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -134,6 +135,66 @@ def test_deployments_register_with_their_schedules_on_a_local_server(real_server
     # by module path, not a flows/ file relative to the working directory: runs from an installed wheel too
     assert training.entrypoint == "mmfuse.orchestration.training.training_flow"
     assert monitoring.entrypoint == "mmfuse.orchestration.monitoring.monitoring_flow"
+
+
+def test_two_workers_on_a_work_pool_share_the_runs(real_server, tmp_path):
+    """`mmfuse orchestrate --pool` registers the deployments on a process work pool; two
+    `prefect worker start --pool` processes (as on two machines) run the runs between them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, _ = real_server
+    project, log = tmp_path, tmp_path / "log.sqlite"
+    (project / "params.yaml").write_text(yaml.safe_dump({"monitor": {**MONITOR, "training_deployment": "pool-test"}}))
+    artifact = build_artifact(project / "artifact")
+    synthetic.reference_file(artifact / "reference.parquet")
+    registry.promote(artifact, {"source": "work pool test"})
+    synthetic.log_traffic(log, 60, seed=3, start=datetime.now(timezone.utc))
+    env = {**os.environ, "PREFECT_API_URL": url}
+    registered = subprocess.Popen(
+        [sys.executable, "-m", "mmfuse.cli", "orchestrate", "--pool", "shared"], cwd=project, env=env
+    )
+    assert registered.wait(timeout=120) == 0  # the server answered, so nothing is left running
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "shared", "--name", name, "--limit", "1"],
+            cwd=project,
+            env=env,
+            stdout=open(tmp_path / f"{name}.log", "wb"),  # noqa: SIM115 (closed with the process)
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("worker-a", "worker-b")
+    ]
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            runs = [
+                run_deployment(
+                    "mmfuse-monitoring/hourly", parameters={"project": str(project), "log": str(log)}, timeout=0
+                )
+                for _ in range(4)
+            ]
+            ids = [run.id for run in runs]
+            deadline = time.monotonic() + 240
+            with get_client(sync_client=True) as client:
+                while time.monotonic() < deadline:
+                    states = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+                    if all(run.state and run.state.is_final() for run in states):
+                        break
+                    time.sleep(2)
+        assert [run.state_type.value for run in states] == ["COMPLETED"] * 4
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=30)
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
+    ours = {str(i) for i in ids}
+    ran = {
+        name: {i for i in ours if f"Worker '{name}' submitting flow run '{i}'" in text} for name, text in logs.items()
+    }
+    assert ran["worker-a"] | ran["worker-b"] == ours and not ran["worker-a"] & ran["worker-b"]
+    assert ran["worker-a"] and ran["worker-b"], ran  # both took runs (an hourly scheduled one may come too)
 
 
 def test_the_reference_is_the_log_contract_and_deterministic(tiny_dataset, tmp_path):

@@ -3,7 +3,10 @@
 `mmfuse orchestrate` is the one command that keeps the project running unattended: it
 reuses a Prefect API that already answers, or starts `prefect server start` (SQLite,
 PREFECT_HOME under the project, analytics off), then serves both deployments in this
-process until stopped. The deployments name the flows by module path
+process until stopped. With `--pool NAME` the deployments are registered on a process work
+pool instead, and runs go to whichever `prefect worker start --pool NAME` polls for them, on
+any machine with the project and the server's PREFECT_API_URL: several workers share them.
+The deployments name the flows by module path
 (`mmfuse.orchestration.training.training_flow`), so they run from an installed package
 as well as from a source tree.
 """
@@ -130,13 +133,50 @@ def build_deployments(project: Path, params: "Params") -> list["RunnerDeployment
     ]
 
 
-def orchestrate(project: Path, params: "Params") -> None:
-    """Start or reuse the Prefect server, register both deployments and serve them until stopped."""
+def register_on_pool(project: Path, params: "Params", pool: str) -> list[str]:
+    """Create the process work pool `pool` if it does not exist, register both deployments on it
+    (schedules included) and return their ids. The server is the one PREFECT_API_URL names."""
+    from prefect import deploy
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type=ProcessWorker.type, base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
+        except ObjectAlreadyExists:
+            pass
+    ids = deploy(
+        *build_deployments(project, params),
+        work_pool_name=pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+    )
+    return [str(i) for i in ids]
+
+
+def orchestrate(project: Path, params: "Params", pool: str | None = None) -> None:
+    """Start or reuse the Prefect server; serve both deployments here until stopped or, with `pool`,
+    register them on that work pool for `prefect worker start --pool` to run (a server started here
+    then keeps running until stopped, so the workers have one to poll)."""
     from prefect import serve
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     os.environ.update(NO_TELEMETRY)
+    reused = api_answers(os.environ.get("PREFECT_API_URL", "")) if os.environ.get("PREFECT_API_URL") else False
     with prefect_server(project, params.monitor.prefect_port) as url:
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            serve(*build_deployments(project, params), pause_on_shutdown=False)
+            if pool is None:
+                serve(*build_deployments(project, params), pause_on_shutdown=False)
+                return
+            register_on_pool(project, params, pool)
+            print(f"registered on work pool {pool!r} at {url}: run `prefect worker start --pool {pool}`", flush=True)
+            while not reused:  # keep the server this process started, until Ctrl-C
+                time.sleep(3600)
