@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmfuse.models.trust import Encoded, fit_gate, fit_trust, gate_features, mixture, subset_bits
+from mmfuse.models.trust import Assessment, Encoded, fit_gate, fit_trust, gate_features, mixture, subset_bits
 
 MODALITIES = ("image", "audio", "text")
 
@@ -102,3 +102,16 @@ def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sen
     mixed = mixture(log_probs, torch.where(trusted, reliability, 0.0)).argmax(dim=1)
     trusting = log_probs[:, 7].argmax(dim=1)
     assert float((mixed == labels).double().mean()) > float((trusting == labels).double().mean()) + 0.15
+
+
+def test_an_answer_always_names_an_input_it_used_even_when_every_one_is_doubted() -> None:
+    """A text-only request whose text the gate doubts (reliability under half a typical text's) still
+    names the text as used; with two doubted inputs, the relatively more believed one."""
+    present = torch.tensor([[False, False, True], [True, True, False], [True, True, True]])
+    reliability = torch.tensor([[0.0, 0.0, 0.1], [0.2, 0.3, 0.0], [0.9, 0.1, 0.9]], dtype=torch.float64)
+    typical = torch.tensor([0.5, 0.9, 0.9], dtype=torch.float64)
+    nan = torch.full(present.shape, torch.nan, dtype=torch.float64)
+    assessment = Assessment(present, nan, present, nan.unsqueeze(2), reliability, typical)
+    used = assessment.used("weighted")
+    assert used.tolist() == [[False, False, True], [True, False, False], [True, False, True]]
+    assert not (used & ~present).any()

@@ -185,9 +185,12 @@ class Assessment:
         reliability counts, not the distance alone (seed 0, hard preset with clean twins): by
         distance alone 60 % of the sharp test digits would be set aside (one mean per class
         spans both hard and clean images) and 2.7 % of hard test texts; by this rule 10.7 %
-        and 0.3 %, as their heads' confidence keeps them believed."""
+        and 0.3 %, as their heads' confidence keeps them believed. A sample whose every modality
+        falls below that still counts its relatively most believed one as used (`keep_one`): the
+        answer leans on it most (a text-only request once had nothing to name and failed)."""
         if method == "weighted":
-            return self.present & (self.reliability >= 0.5 * self.typical)
+            relative = self.reliability / self.typical
+            return keep_one(self.present & (relative >= 0.5), self.present, relative)
         return self.weights(method) > 0
 
 
@@ -250,6 +253,17 @@ class Trust:
             keep = torch.nn.functional.one_hot(best, present.shape[1]).bool() & present
             trusted = torch.where(lost.unsqueeze(1), keep, trusted)
         return trusted
+
+
+def keep_one(chosen: torch.Tensor, present: torch.Tensor, preference: torch.Tensor) -> torch.Tensor:
+    """`chosen` [B, M] with, in each sample that has a present modality but none chosen, its present
+    modality of highest `preference` [B, M] chosen: every answer comes from some input, and says which."""
+    lost = present.any(dim=1) & ~chosen.any(dim=1)
+    if not bool(lost.any()):
+        return chosen
+    best = torch.where(present, preference, torch.full_like(preference, -torch.inf)).argmax(dim=1)
+    keep = torch.nn.functional.one_hot(best, present.shape[1]).bool() & present
+    return torch.where(lost.unsqueeze(1), keep, chosen)
 
 
 def subset_bits(n_modalities: int) -> torch.Tensor:
