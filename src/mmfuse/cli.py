@@ -51,6 +51,10 @@ def _add_stage(name: str, summary: str) -> None:
 for _name, _summary in STAGES.items():
     _add_stage(_name, _summary)
 
+LOG_HELP = (
+    "Inference log: a file or a postgresql:// URL (default: $MMFUSE_INFERENCE_LOG, else data/inference/log.sqlite)."
+)
+
 
 @app.command()
 @friendly
@@ -84,14 +88,12 @@ def serve(
 @app.command()
 @friendly
 def monitor(
-    log: Optional[Path] = typer.Option(
-        None, help="Inference log (default: $MMFUSE_INFERENCE_LOG or data/inference/log.sqlite)."
-    ),
+    log: Optional[str] = typer.Option(None, help=LOG_HELP),
 ) -> None:
     """One monitoring check now: validate and drift-check traffic since the last check."""
     from mmfuse.orchestration.monitoring import monitoring_flow
 
-    summary = monitoring_flow(project=".", log=str(log) if log else None)
+    summary = monitoring_flow(project=".", log=log)
     console.print_json(data=summary)
     for modality in summary.get("sensors", {}).get("failing", []):
         rate = summary["sensors"][modality]["set_aside_rate"]
@@ -168,9 +170,7 @@ def simulate_traffic(
 @app.command()
 @friendly
 def harvest(
-    log: Optional[Path] = typer.Option(
-        None, help="Inference log (default: $MMFUSE_INFERENCE_LOG or data/inference/log.sqlite)."
-    ),
+    log: Optional[str] = typer.Option(None, help=LOG_HELP),
 ) -> None:
     """Turn labelled, captured traffic since the last harvest into a DVC-versioned dataset (monitor.harvest_dir)."""
     from mmfuse.orchestration.harvest import extra_with_harvests, harvest_project
@@ -198,7 +198,7 @@ def harvest(
 @friendly
 def forget(request_id: str = typer.Argument(..., help="The request_id a prediction returned.")) -> None:
     """Delete one request from the inference log with everything kept of it (captured inputs included)."""
-    from mmfuse.inference.log import InferenceLog, log_path
+    from mmfuse.inference.log import InferenceLog, describe, log_path
     from mmfuse.params import load_serve_params
 
     serve = load_serve_params()
@@ -208,7 +208,7 @@ def forget(request_id: str = typer.Argument(..., help="The request_id a predicti
     finally:
         log.close()
     if not found:
-        raise typer.BadParameter(f"no request {request_id} in {log_path()}", param_hint="REQUEST_ID")
+        raise typer.BadParameter(f"no request {request_id} in {describe(log_path())}", param_hint="REQUEST_ID")
     console.print(f"[green]forgot[/] {request_id}")
 
 

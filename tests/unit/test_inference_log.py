@@ -17,10 +17,12 @@ from log_records import record
 
 from mmfuse.inference import log as log_module
 from mmfuse.inference.log import (
+    CAPTURE_ENV,
     LOG_ENV,
     STAT_COLUMNS,
     CaptureRecord,
     InferenceLog,
+    LogLocationError,
     ShadowRecord,
     input_statistics,
     log_path,
@@ -66,7 +68,7 @@ def test_the_file_is_in_wal_mode(log):
 def test_record_does_not_wait_for_the_disk(log, monkeypatch):
     gate = threading.Event()
     write = log._write
-    monkeypatch.setattr(log, "_write", lambda conn, records: (gate.wait(5), write(conn, records)))
+    monkeypatch.setattr(log, "_write", lambda records: (gate.wait(5), write(records)))
     started = time.perf_counter()
     for i in range(50):
         log.record(record(f"{i:032x}"))
@@ -80,7 +82,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path, monkeypatch
     log = InferenceLog(tmp_path / "log.sqlite", max_rows=1000, queue_size=2, max_age_days=90)
     gate = threading.Event()
     write = log._write
-    monkeypatch.setattr(log, "_write", lambda conn, records: (gate.wait(5), write(conn, records)))
+    monkeypatch.setattr(log, "_write", lambda records: (gate.wait(5), write(records)))
     results = [log.record(record(f"{i:032x}")) for i in range(10)]
     assert not all(results) and log.dropped == results.count(False)
     gate.set()
@@ -198,15 +200,13 @@ def test_input_statistics_are_none_for_absent_modalities():
 
 def test_a_log_written_before_trust_gains_its_columns_and_keeps_its_rows(tmp_path: Path) -> None:
     """Schema 1 had no trust columns: opening it adds them (NULL for old rows), nothing is lost."""
-    import sqlite3
-
-    from mmfuse.inference import log as inference_log
+    inference_log = log_module
 
     old = tmp_path / "old.sqlite"
-    schema_1 = inference_log._SCHEMA.split("feedback_ts REAL,")[0] + "feedback_ts REAL\n);"
+    added = (*inference_log.TRUST_COLUMNS, *inference_log.SET_ASIDE_COLUMNS)
+    columns_1 = [name for name in inference_log._COLUMNS if name not in added]
     conn = sqlite3.connect(old)
-    conn.executescript(schema_1)
-    columns_1 = inference_log._COLUMNS[: -2 * len(inference_log.TRUST_COLUMNS)]
+    conn.execute(f"CREATE TABLE inference ({', '.join(columns_1)}, true_label, feedback_ts, PRIMARY KEY (request_id))")
     values = ["old", 1.0, "predict", "v1", 1, 0, 1, *([None] * len(inference_log.STAT_COLUMNS))]
     values += [b"\x00" * 4, "one", 0.9, "{}", 2.0]
     conn.execute(f"INSERT INTO inference ({', '.join(columns_1)}) VALUES ({', '.join('?' * len(values))})", values)
@@ -300,3 +300,27 @@ def test_retention_takes_captured_inputs_and_their_media_with_the_request(tmp_pa
     log.close()
     assert set(_captured(log.path)) == {"r1", "r2"}
     assert sorted(_media(log.path).values()) == [b"image 1", b"image 2"]
+
+
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [
+        ("mysql://u@127.0.0.1/db", "unsupported database 'mysql'"),
+        (
+            "postgresql://u:s3cret@127.0.0.1:1/db",
+            "cannot open the inference log postgresql+psycopg://u:***@127.0.0.1:1/db",
+        ),
+    ],
+)
+def test_a_log_location_that_cannot_be_used_is_named_without_its_password(location, words):
+    with pytest.raises(LogLocationError) as caught:
+        InferenceLog(location, max_rows=10, queue_size=10, max_age_days=1)
+    assert words in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_a_database_url_is_taken_as_given_and_its_media_go_to_the_capture_dir(monkeypatch, tmp_path):
+    url = "postgresql://u@db.example:5432/mmfuse"
+    monkeypatch.setenv(LOG_ENV, url)
+    assert log_path(project=tmp_path) == url
+    monkeypatch.setenv(CAPTURE_ENV, str(tmp_path / "shared"))
+    assert media_root(url) == tmp_path / "shared" and media_root(tmp_path / "x.sqlite") == tmp_path / "captured"

@@ -8,7 +8,6 @@ next check judges it together with what arrives meanwhile.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,10 +19,10 @@ import pandas as pd
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry
 from mmfuse.inference.log import (
-    DEFAULT_LOG,
-    LOG_ENV,
     SET_ASIDE_COLUMNS,
+    LogLocation,
     feedback_by_version,
+    log_path,
     read_log,
     shadow_evidence,
 )
@@ -89,11 +88,6 @@ def champion_reference() -> Path:
     return path
 
 
-def default_log(project: Path) -> Path:
-    """The service's log: $MMFUSE_INFERENCE_LOG, else data/inference/log.sqlite in the project."""
-    return Path(os.environ.get(LOG_ENV) or Path(project) / DEFAULT_LOG)
-
-
 def champion_age(now: datetime, max_age_days: float) -> dict[str, Any] | None:
     """How long ago the served champion was trained (a rollback copy counts from the version it
     restores), and whether that passes `max_age_days`; None when the store holds no champion."""
@@ -114,7 +108,7 @@ def champion_age(now: datetime, max_age_days: float) -> dict[str, Any] | None:
     }
 
 
-def canary(log: Path, champion_tag: str | None, params: ShadowParams) -> dict[str, Any] | None:
+def canary(log: LogLocation, champion_tag: str | None, params: ShadowParams) -> dict[str, Any] | None:
     """What the challenger in shadow has shown against the serving champion so far, and whether it
     is enough for `mmfuse champion repromote` to decide (promote.shadow's minimum counts); None
     when nothing is in shadow."""
@@ -199,7 +193,7 @@ def run_check(
     project: Path,
     params: MonitorParams,
     trigger: Trigger,
-    log: Path | None = None,
+    log: LogLocation | None = None,
     reference: Path | None = None,
     now: datetime | None = None,
     shadow: ShadowParams | None = None,
@@ -210,7 +204,7 @@ def run_check(
     now = now or datetime.now(timezone.utc)
     state_file = project / params.state_path
     state = load_state(state_file)
-    log = log or default_log(project)
+    log = log or log_path(project)
     window = read_log(log, since=state.last_check)
     champion = champion_age(now, params.max_champion_age_days)
     summary: dict[str, Any] = {

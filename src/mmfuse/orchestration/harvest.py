@@ -12,19 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from mmfuse.data.manifest import dataset_manifest
-from mmfuse.inference.log import log_path
+from mmfuse.inference.log import LogLocation, log_path
 from mmfuse.monitoring.harvest import Harvest, harvest, windows
 from mmfuse.orchestration.dvc import track
 from mmfuse.params import Params
 
 
-def harvest_project(project: Path, params: Params, log: Path | None = None) -> Harvest:
+def harvest_project(project: Path, params: Params, log: LogLocation | None = None) -> Harvest:
     """Harvest the project's inference log (default: the service's) into monitor.harvest_dir and
     version what was kept with DVC."""
     project = Path(project).resolve()
     monitor = params.monitor
     result = harvest(
-        log or _project_path(project, log_path()),
+        log or log_path(project),
         project / monitor.harvest_dir,
         project / dataset_manifest(params.data, Path("data/raw")),
         holdout=monitor.harvest_holdout,
@@ -42,7 +42,3 @@ def extra_with_harvests(project: Path, params: Params) -> list[str]:
     project = Path(project).resolve()
     found = {p.relative_to(project).as_posix() for p in windows(project / params.monitor.harvest_dir)}
     return sorted(set(params.data.extra) | found)
-
-
-def _project_path(project: Path, path: Path) -> Path:
-    return path if path.is_absolute() else project / path

@@ -22,7 +22,7 @@ def check(project: str, log: str | None, trigger: Trigger | None) -> CheckResult
         Path(project),
         params.monitor,
         trigger or trigger_training(params.monitor.training_deployment),
-        Path(log) if log else None,
+        log,
         shadow=params.promote.shadow,
     )
 
@@ -32,7 +32,7 @@ def harvest(project: str, log: str | None) -> dict[str, Any]:
     """`mmfuse harvest`; a harvest that cannot run (no ingested dataset to judge it against, no DVC
     project) is reported and alerted, and never stops the drift check."""
     try:
-        result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"), Path(log) if log else None)
+        result = harvest_project(Path(project), load_params(Path(project) / "params.yaml"), log)
     except MMFuseError as exc:
         return {"path": None, "error": str(exc)}
     return result.to_dict()

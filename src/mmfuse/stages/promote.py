@@ -35,7 +35,7 @@ from mmfuse.data.manifest import RECENT_SPLIT, dataset_manifest
 from mmfuse.evaluation.predict import FUSED, REFERENCE
 from mmfuse.evaluation.scoring import score_artifact
 from mmfuse.inference import registry
-from mmfuse.inference.log import ShadowEvidence, log_path, shadow_evidence
+from mmfuse.inference.log import LogLocation, ShadowEvidence, log_path, shadow_evidence
 from mmfuse.io import write_json
 from mmfuse.models.artifact import CALIBRATION, REFERENCE_FILE, WEIGHTS, read_temperature
 from mmfuse.models.data import split_path
@@ -270,7 +270,7 @@ def _through_shadow(
     companions: dict[str, Path],
     metadata: dict[str, Any],
     params: ShadowParams,
-    inference_log: Path,
+    inference_log: LogLocation,
 ) -> dict[str, Any]:
     """A challenger that passed offline: put it in shadow, or judge what its shadow showed.
 
@@ -349,7 +349,7 @@ def run(
     experiment: str | None = None,
     params_file: Path = Path("params.yaml"),
     evaluation: Path | None = None,
-    inference_log: Path | None = None,
+    inference_log: LogLocation | None = None,
     recent_scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """Score challenger and champion with the same `scorer` (and `recent_scorer`, on the
@@ -421,9 +421,7 @@ def run(
         "preprocessing": config.get("preprocessing", {}).get("params", {}),
     }
     if record["verdict"] == "promote" and params.shadow.require and current is not None:
-        record = _through_shadow(
-            record, candidate, companions, metadata, params.shadow, Path(inference_log or log_path())
-        )
+        record = _through_shadow(record, candidate, companions, metadata, params.shadow, inference_log or log_path())
     if record["verdict"] == "promote":
         record["promoted_tag"] = registry.promote(candidate, metadata, companions)
     registry.log_decision(
