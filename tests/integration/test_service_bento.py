@@ -1,4 +1,5 @@
-"""`bentoml build` packs the service, its static page, params.yaml and the champion, offline."""
+"""`bentoml build` packs the service, its static page, params.yaml and the champion, offline; the
+image it describes serves on the port and as the user that deploy/kubernetes expects."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bentoml
 import pytest
 import yaml
 from test_service_support import promoted_champion
@@ -16,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_bentoml_build_makes_a_bento_with_the_champion():
+def test_bentoml_build_makes_a_bento_with_the_champion(tmp_path: Path) -> None:
     champion = promoted_champion()
     home = Path(os.environ["BENTOML_HOME"])
     assert ROOT not in home.parents, "the model store must stay outside the build context"
@@ -44,3 +46,13 @@ def test_bentoml_build_makes_a_bento_with_the_champion():
     pins_and_hashes = re.compile(r"^[\w.-]+==\S+|sha256:[0-9a-f]{64}", re.M)
     assert set(pins_and_hashes.findall(locked)) == set(pins_and_hashes.findall(requirements))
     assert "torch==2.13.0+cpu" in requirements
+
+    # The image `bentoml containerize` would build (no container runtime here: its Dockerfile).
+    dockerfile = tmp_path / "Dockerfile"
+    bentoml.container.get_containerfile(tag, output_path=str(dockerfile))
+    text = dockerfile.read_text()
+    deployment = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert f"EXPOSE {container['ports'][0]['containerPort']}" in text
+    assert re.search(rf"^ARG BENTO_USER_UID={pod['securityContext']['runAsUser']}$", text, re.M), text[:2000]
