@@ -100,7 +100,7 @@ def main() -> None:
             if profiler is not None:
                 profiler.disable()
                 text = io.StringIO()
-                pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(25)
+                pstats.Stats(profiler, stream=text).strip_dirs().sort_stats("cumulative").print_stats(25)
                 profile = text.getvalue()
             else:
                 seconds.append(round(time.perf_counter() - started, 3))
