@@ -115,5 +115,10 @@ class PreprocessParams(Section):
     audio: AudioParams = AudioParams()
     text: TextParams = TextParams()
     dedup: DedupParams = DedupParams()
-    workers: int = Field(2, ge=1)
+    workers: int = Field(2, ge=1)  # where the work runs, never what it produces: see EXECUTION
     chunk_size: int = Field(250, ge=1)
+
+
+EXECUTION: frozenset[str] = frozenset({"workers", "chunk_size"})
+"""PreprocessParams fields that choose how the preprocess stage runs, not its output: left out of
+meta.json (and so of every artifact), so processed bytes are the same for any worker count."""

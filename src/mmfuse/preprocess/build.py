@@ -1,26 +1,27 @@
 """The preprocess stage's work: manifest -> deduplicated, normalised tensors per split.
 
-Flow: read and check the manifest; decode and featurise every record in a process
-pool (the per-record transforms are the very functions `preprocess_sample` uses);
+Flow: read and check the manifest; decode and featurise every record as Dask tasks
+(`mmfuse.preprocess.cluster`: a local cluster, or the one $MMFUSE_DASK_ADDRESS names; the
+per-record transforms are the very functions `preprocess_sample` uses);
 drop train duplicates and train records leaking into val/test; fit normalisation
 and the vocabulary on what is left of train; normalise every split with the same
 `PreprocessState` methods the service uses; write everything atomically.
 
-Outputs are byte-identical across runs: records are processed in (split, sample_id)
-order, results are reassembled by chunk index whatever order workers finish in, and
-JSON is written with sorted keys.
+Outputs are byte-identical across runs, worker counts and clusters: records are processed in
+(split, sample_id) order in fixed chunks, results are reassembled by chunk index whatever
+order workers finish in, the normalisation statistics are float64 sums over records in that
+order, and JSON is written with sorted keys.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from distributed import as_completed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.numpy import save_file
 
@@ -38,6 +39,7 @@ from mmfuse.io import atomic_dir, write_json
 from mmfuse.modality import AUDIO, IMAGE, MODALITIES, TEXT
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess.audio import clean_audio, decode_audio, fit_frames, log_mel
+from mmfuse.preprocess.cluster import dask_client
 from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
 from mmfuse.preprocess.image import decode_image, prepare_image
 from mmfuse.preprocess.state import PreprocessState
@@ -146,24 +148,23 @@ def _ordered_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Record]]:
 
 
 def _analyse_all(records: list[Record], root: Path, params: PreprocessParams) -> dict[str, Any]:
-    """Run `analyse_records` over chunks in a process pool, with a progress bar; results
+    """Run `analyse_records` over fixed chunks as Dask tasks, with a progress bar; results
     are copied into place as they arrive (no second full-size copy at the end)."""
     size = params.chunk_size
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    merged: dict[str, Any] = {}
-    with ProcessPoolExecutor(params.workers, mp_context=context) as pool:
-        # Submit before the progress bar starts its thread: workers fork from a quiet process.
-        futures = {pool.submit(analyse_records, chunk, root, params): i for i, chunk in enumerate(chunks)}
+    merged: dict[str, Any] = {"errors": []}
+    with dask_client(params.workers) as client:
+        futures = {client.submit(analyse_records, chunk, root, params, pure=False): i for i, chunk in enumerate(chunks)}
         columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns) as progress:
             task = progress.add_task("records", total=len(records))
             for future in as_completed(futures):
-                index, result = futures[future], future.result()
+                index, result = futures.pop(future), future.result()
+                future.release()  # the worker may drop its copy now
                 start = index * size
                 for key, part in result.items():
                     if key == "errors":
-                        merged.setdefault(key, []).extend(part)
+                        merged[key].extend(part)
                         continue
                     if key not in merged:
                         merged[key] = (

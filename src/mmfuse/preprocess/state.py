@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mmfuse.modality import MODALITIES
-from mmfuse.params.preprocess import PreprocessParams
+from mmfuse.params.preprocess import EXECUTION, PreprocessParams
 from mmfuse.preprocess.text import Vocabulary
 
 
@@ -58,7 +58,7 @@ class PreprocessState:
     def to_dict(self) -> dict[str, Any]:
         """The meta.json fields this state is rebuilt from (JSON floats round-trip exactly)."""
         return {
-            "params": self.params.model_dump(mode="json"),
+            "params": self.params.model_dump(mode="json", exclude=set(EXECUTION)),
             "labels": list(self.labels),
             "vocab": self.vocab.to_dict(),
             "normalisation": {
