@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mmfuse.params.base import Section
 
@@ -65,6 +65,7 @@ class TrainParams(Section):
     arch: ArchParams = ArchParams()
     seed: int = 0
     threads: int = Field(2, ge=1)
+    world_size: int = Field(1, ge=1)  # processes training data-parallel (DDP under torchrun); results depend on it
     epochs: int = Field(20, ge=1)
     patience: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=2)
@@ -78,3 +79,12 @@ class TrainParams(Section):
     pretrained_encoders: bool = True
     head_epochs: int = Field(8, ge=1)
     augment: AugmentParams = AugmentParams()
+
+    @model_validator(mode="after")
+    def _batches_split_over_ranks(self) -> "TrainParams":
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split over world_size {self.world_size} processes: "
+                "make it a multiple of world_size"
+            )
+        return self

@@ -28,6 +28,7 @@ from mmfuse.models.determinism import deterministic
 from mmfuse.models.scoring import subset_scores
 from mmfuse.params.train import FUSIONS, TrainParams
 from mmfuse.source import code_digest
+from mmfuse.training import distributed
 from mmfuse.training.checkpoints import CHECKPOINT, fingerprint
 from mmfuse.training.loop import EpochHook, fit, write_curve
 
@@ -116,7 +117,8 @@ def train_model(
     sources = {m: Path(encoders_from[m]) for m in modalities} if encoders_from else {}
     unimodal = {m: load_model(path)[0] for m, path in sources.items()}
     started = time.perf_counter()
-    with deterministic(params.threads):
+    # Under torchrun the ranks share the cores: train.threads in all, so one rank of two gets half.
+    with deterministic(max(1, params.threads // distributed.world_size())):
         model, state, epoch_seconds = fit(
             spec,
             params,
@@ -143,13 +145,14 @@ def train_model(
         "epochs_run": state["epoch"],
         "parameters": count_parameters(model),
     }
-    save_artifact(
-        Path(out_dir),
-        model,
-        {"labels": meta["labels"], "preprocessing": meta, "train": _recorded_params(params, modalities)},
-        metrics,
-    )
-    write_curve(Path(plots_path), state["history"])
+    if distributed.is_main():  # under torchrun every rank holds the same model: one writes it
+        save_artifact(
+            Path(out_dir),
+            model,
+            {"labels": meta["labels"], "preprocessing": meta, "train": _recorded_params(params, modalities)},
+            metrics,
+        )
+        write_curve(Path(plots_path), state["history"])
     seconds = time.perf_counter() - started
     run_epochs = len(epoch_seconds)
     timing = {
@@ -223,11 +226,12 @@ def train_part(
             Path(curves) / f"{name}.csv",
             encoders_from=_adopted_encoders(models, modalities) if staged else None,
         )
-    write_json(Path(metrics), _summary(results, lambda key: key not in TIMINGS))
-    write_json(Path(times), _summary(results, lambda key: key in TIMINGS))
     summary = _summary(results, lambda key: True)
-    for name, _, _ in training_jobs(params, part):
-        shutil.rmtree(models / ".checkpoints" / name, ignore_errors=True)
+    if distributed.is_main():
+        write_json(Path(metrics), _summary(results, lambda key: key not in TIMINGS))
+        write_json(Path(times), _summary(results, lambda key: key in TIMINGS))
+        for name, _, _ in training_jobs(params, part):
+            shutil.rmtree(models / ".checkpoints" / name, ignore_errors=True)
     return summary
 
 

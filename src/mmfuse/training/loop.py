@@ -4,6 +4,10 @@ A run killed at any point resumes from its checkpoint and ends bit-identical to 
 uninterrupted run, because all the randomness of an epoch is derived from (seed, epoch)
 rather than carried over in RNG state.
 
+Under torchrun (`train.world_size` > 1, see `mmfuse.training.distributed`) the same loop runs
+on every rank through DistributedDataParallel, each rank on its share of every batch; rank 0
+alone writes the checkpoint, and every rank waits for it before the next epoch.
+
 A NaN or infinite loss or gradient stops training at once with NonFiniteError, before the
 optimizer applies it: the checkpoint on disk stays the last good epoch's, and a rerun with
 a fixed cause (a lower train.lr, clean data) does not resume from it because its params or
@@ -21,6 +25,8 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from mmfuse.errors import ConfigError, MMFuseError, NonFiniteError
 from mmfuse.io import atomic_file
@@ -28,6 +34,7 @@ from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, subset_nam
 from mmfuse.models.data import Split
 from mmfuse.models.scoring import subset_scores
 from mmfuse.params.train import TrainParams
+from mmfuse.training import distributed
 from mmfuse.training.checkpoints import load_checkpoint, save_checkpoint
 from mmfuse.training.losses import training_loss
 
@@ -40,6 +47,35 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
 
 
+class _Objective(torch.nn.Module):
+    """The training loss as a module's forward: DistributedDataParallel synchronises the
+    gradients of what `forward` computes, and the loss calls several of the model's parts."""
+
+    def __init__(self, model: MultimodalClassifier, params: TrainParams) -> None:
+        super().__init__()
+        self.model = model
+        self.params = params
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return training_loss(self.model, batch, self.params)
+
+
+def _batches(train: Split, params: TrainParams, epoch: int, steps: int) -> list[torch.Tensor]:
+    """This rank's sample indices for each step of `epoch`. One process: a permutation drawn from
+    the epoch's seed. Several: `DistributedSampler` (seeded by train.seed, set to the epoch) deals
+    each rank its share, batch_size / world_size per step, so a step's global batch is batch_size."""
+    world = distributed.world_size()
+    if world == 1:
+        order = torch.randperm(len(train))
+        return [order[step * params.batch_size : (step + 1) * params.batch_size] for step in range(steps)]
+    sampler = DistributedSampler(
+        train, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=params.seed, drop_last=True
+    )
+    sampler.set_epoch(epoch)
+    mine, share = torch.tensor(list(sampler)), params.batch_size // world
+    return [mine[step * share : (step + 1) * share] for step in range(steps)]
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -48,6 +84,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
         console=Console(stderr=True),
+        disable=not distributed.is_main(),
     )
 
 
@@ -97,19 +134,19 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+    objective: torch.nn.Module = _Objective(model, params)
+    if distributed.world_size() > 1:  # a batch may lack a modality: its encoder then has no gradient
+        objective = DistributedDataParallel(objective, find_unused_parameters=True)
     epoch_seconds: list[float] = []
     with _progress() as progress:
         task = progress.add_task(name, total=epochs * steps, completed=state["epoch"] * steps, status="")
         while state["epoch"] < epochs and state["bad_epochs"] < params.patience:
             started = time.perf_counter()
-            torch.manual_seed(_epoch_seed(params.seed, state["epoch"]))
+            torch.manual_seed((_epoch_seed(params.seed, state["epoch"]) + distributed.rank()) % 2**63)
             model.train()
-            order = torch.randperm(len(train))
             total = torch.zeros((), dtype=torch.float64)
-            for step in range(steps):
-                loss = training_loss(
-                    model, train.batch(order[step * params.batch_size : (step + 1) * params.batch_size]), params
-                )
+            for step, rows in enumerate(_batches(train, params, state["epoch"], steps)):
+                loss = objective(train.batch(rows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 _check_finite(name, state["epoch"] + 1, step + 1, loss, trainable)
@@ -117,6 +154,7 @@ def fit(
                 scheduler.step()
                 total += loss.detach().double()
                 progress.advance(task)
+            distributed.broadcast_buffers(model)  # every rank validates rank 0's model: the same decision
             scores = subset_scores(model, val, params.eval_batch_size)["subsets"]
             full = scores[subset_name(spec.modalities)]
             subset_loss = sum(s["loss"] for s in scores.values()) / len(scores)
@@ -128,7 +166,7 @@ def fit(
                         (
                             state["epoch"],
                             scheduler.get_last_lr()[0],
-                            float(total) / steps,
+                            float(distributed.mean_over_ranks(total)) / steps,
                             full["loss"],
                             full["accuracy"],
                             subset_loss,
@@ -142,7 +180,9 @@ def fit(
             else:
                 state["bad_epochs"] += 1
             state.update(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
-            save_checkpoint(checkpoint, state)
+            if distributed.is_main():
+                save_checkpoint(checkpoint, state)
+            distributed.barrier()  # an epoch ends once its checkpoint is on disk, for every rank
             epoch_seconds.append(time.perf_counter() - started)
             progress.update(task, status=f"epoch {state['epoch']}: val acc {full['accuracy']:.1f}%")
             if epoch_hook is not None:
