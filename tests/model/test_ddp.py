@@ -81,7 +81,7 @@ def test_a_killed_rank_fails_the_run_and_a_rerun_resumes_to_the_same_bytes(
 
 
 def test_the_stage_launches_its_ranks_from_world_size(processed_dir, tiny_params, tmp_path):
-    """`python -m mmfuse.stages.train_unimodal` with train.world_size: 2 starts torchrun itself;
+    """`mmfuse train-unimodal` with train.world_size: 2 starts torchrun itself;
     rank 0 alone writes, and the models learn. How close to one process on real data, over
     seeds: benchmarks/results/ddp.json (this synthetic val set is too small to tell)."""
     accuracy = {}
@@ -90,8 +90,11 @@ def test_the_stage_launches_its_ranks_from_world_size(processed_dir, tiny_params
         work.mkdir()
         train = json.loads(tiny_params.model_copy(update={"world_size": world}).model_dump_json())
         (work / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+        entry = [str(Path(sys.executable).parent / "mmfuse"), "train-unimodal"]  # the CLI, and the stage module
+        if world == 1:
+            entry = [sys.executable, "-m", "mmfuse.stages.train_unimodal"]
         done = subprocess.run(
-            [sys.executable, "-m", "mmfuse.stages.train_unimodal", "--processed", str(processed_dir)]
+            [*entry, "--processed", str(processed_dir)]
             + ["--models", "models", "--curves", "curves", "--metrics", "m.json", "--times", "t.json"],
             cwd=work,
             capture_output=True,

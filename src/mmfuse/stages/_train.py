@@ -42,15 +42,17 @@ def main_for(run: TrainRun, summary: str) -> Callable[..., None]:
         times: Path = typer.Option(..., help="Where this part's wall times go (a DVC metrics file no stage reads)."),
     ) -> None:
         params = load_params().train
+        paths = {"processed": processed, "models": models, "curves": curves, "metrics": metrics, "times": times}
         if params.world_size > 1 and not distributed.launched():
-            raise typer.Exit(distributed.launch(params.world_size, _module_of(run), sys.argv[1:]))
+            argv = [part for name, path in paths.items() for part in (f"--{name}", str(path))]
+            raise typer.Exit(distributed.launch(params.world_size, _module_of(run), argv))
         with distributed.process_group():
             if distributed.world_size() != params.world_size:
                 raise ConfigError(
                     f"train.world_size is {params.world_size} but {distributed.world_size()} processes were "
                     "started: make them agree (torchrun --nnodes x --nproc-per-node)."
                 )
-            result = run(processed=processed, models=models, curves=curves, metrics=metrics, times=times, params=params)
+            result = run(**paths, params=params)
             if not distributed.is_main():
                 return
         trained = {**result["baselines"], **({"fusion model": result["candidate"]} if "candidate" in result else {})}
