@@ -44,17 +44,10 @@ def _run(world: int, seed: int, base: TrainParams, work: Path) -> dict:
     params = base.model_copy(update={"world_size": world, "seed": seed})
     root = work / f"w{world}-s{seed}"
     root.mkdir()
-    command = [sys.executable, __file__, "--rank", str(root), params.model_dump_json()]
-    if world > 1:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={world}",
-            *command[1:],
-        ]
-    subprocess.run(command, check=True, capture_output=True, text=True)
+    target = [__file__, "--rank", str(root), params.model_dump_json()]
+    code = distributed.launch(world, target) if world > 1 else subprocess.run([sys.executable, *target]).returncode
+    if code:
+        sys.exit(f"training with world size {world}, seed {seed} failed (exit {code})")
     result = json.loads((root / "result.json").read_text())
     print(f"world {world} seed {seed}: {result['samples_per_second']} samples/s, val {result['val_accuracy']} %")
     return result

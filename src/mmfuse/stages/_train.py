@@ -45,7 +45,7 @@ def main_for(run: TrainRun, summary: str) -> Callable[..., None]:
         paths = {"processed": processed, "models": models, "curves": curves, "metrics": metrics, "times": times}
         if params.world_size > 1 and not distributed.launched():
             argv = [part for name, path in paths.items() for part in (f"--{name}", str(path))]
-            raise typer.Exit(distributed.launch(params.world_size, _module_of(run), argv))
+            raise typer.Exit(distributed.launch(params.world_size, ["-m", _module_of(run), *argv]))
         with distributed.process_group():
             if distributed.world_size() != params.world_size:
                 raise ConfigError(

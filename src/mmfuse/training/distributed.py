@@ -63,21 +63,11 @@ def process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def launch(world: int, module: str, argv: list[str]) -> int:
-    """Run `python -m module argv` as `world` ranks on this machine under torchrun; its exit code.
-
-    `--standalone` rendezvous on a free local port, so two launches never meet by accident.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={world}",
-        "-m",
-        module,
-        *argv,
-    ]
+def launch(world: int, target: list[str]) -> int:
+    """Run `python TARGET` (a script or `-m module`, with its arguments) as `world` ranks on this
+    machine under torchrun; its exit code. `--standalone` rendezvous on a free local port, so two
+    launches never meet by accident."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}", *target]
     return subprocess.run(command, check=False).returncode
 
 
