@@ -324,3 +324,12 @@ def test_a_database_url_is_taken_as_given_and_its_media_go_to_the_capture_dir(mo
     assert log_path(project=tmp_path) == url
     monkeypatch.setenv(CAPTURE_ENV, str(tmp_path / "shared"))
     assert media_root(url) == tmp_path / "shared" and media_root(tmp_path / "x.sqlite") == tmp_path / "captured"
+
+
+def test_rows_that_share_a_time_come_back_in_the_order_written(log):
+    """A batch's predictions share one timestamp: the reader keeps the order the service logged them."""
+    ids = [f"{(k * 7) % 12:032x}" for k in range(12)]  # not in sorted order
+    for request_id in ids:
+        log.record(record(request_id, ts=1_800_000_000.0))
+    assert log.flush()
+    assert read_log(log.path)["request_id"].tolist() == ids

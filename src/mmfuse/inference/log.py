@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Double,
@@ -94,7 +95,7 @@ LOG_ENV = "MMFUSE_INFERENCE_LOG"
 CAPTURE_ENV = "MMFUSE_CAPTURE_DIR"
 DEFAULT_LOG = Path("data/inference/log.sqlite")
 DEFAULT_CAPTURE_DIR = Path("data/inference/captured")
-SCHEMA_VERSION = 3  # 2: per-modality trust and set-aside (older logs gain the columns, NULL); 3: shadow, captured
+SCHEMA_VERSION = 4  # 2: per-modality trust and set-aside; 3: shadow, captured; 4: seq (older logs: NULL)
 TRUST_COLUMNS: tuple[str, ...] = tuple(f"{m}_trust" for m in MODALITIES)  # NULL where absent or no trust model
 SET_ASIDE_COLUMNS: tuple[str, ...] = tuple(f"{m}_set_aside" for m in MODALITIES)  # given but not believed
 STAT_COLUMNS: tuple[str, ...] = (
@@ -139,6 +140,7 @@ INFERENCE = Table(
     Column("feedback_ts", Double),
     *(Column(name, Double) for name in TRUST_COLUMNS),
     *(Column(name, Integer) for name in SET_ASIDE_COLUMNS),
+    Column("seq", BigInteger),  # the writer's order: a batch's predictions share one ts
 )
 SHADOW = Table(
     "shadow",
@@ -165,8 +167,8 @@ _INDEXES = (
     Index("shadow_version", SHADOW.c.model_version),
     *(Index(f"{table.name}_age", table.c.ts, table.c.request_id) for table in _TABLES),  # retention's cut
 )
-_COLUMNS = tuple(c.name for c in INFERENCE.columns if c.name not in ("true_label", "feedback_ts"))
-_ADDED_IN_2 = (*TRUST_COLUMNS, *SET_ASIDE_COLUMNS)  # a log written before schema 2 gains them, NULL
+_COLUMNS = tuple(c.name for c in INFERENCE.columns if c.name not in ("true_label", "feedback_ts", "seq"))
+_ADDED = (*TRUST_COLUMNS, *SET_ASIDE_COLUMNS, "seq")  # a log written by an older schema gains them, NULL
 
 
 class LogLocationError(MMFuseError):
@@ -460,7 +462,7 @@ def ensure_schema(location: LogLocation) -> None:
                 index.create(conn, checkfirst=True)
             known = {c["name"] for c in inspect(conn).get_columns(INFERENCE.name)}
             for column in INFERENCE.columns:
-                if column.name in _ADDED_IN_2 and column.name not in known:
+                if column.name in _ADDED and column.name not in known:
                     kind = column.type.compile(conn.dialect)
                     conn.execute(text(f"ALTER TABLE {INFERENCE.name} ADD COLUMN {column.name} {kind}"))
             if conn.dialect.name == "sqlite":
@@ -482,6 +484,7 @@ class InferenceLog:
         self.max_age_s = max_age_days * 86_400
         self.dropped = 0  # records refused because the queue was full
         self.failed = 0  # records lost to a database error
+        self._seq = time.time_ns()  # increasing across restarts too: orders rows that share a ts
         self.capture_skipped = 0  # captures refused because the media store was full
         self.media = MediaStore(media_root(self.path), capture_max_bytes)
         ensure_schema(self.path)
@@ -616,6 +619,9 @@ class InferenceLog:
             try:
                 values = self._captured_values(record) if isinstance(record, CaptureRecord) else record.values()
                 if values is not None:
+                    if record.TABLE is INFERENCE:
+                        self._seq += 1
+                        values["seq"] = self._seq
                     rows.setdefault(record.TABLE, []).append(values)
             except Exception:  # one malformed record must neither stop the writer nor take its batch down
                 self.failed += 1
@@ -701,12 +707,12 @@ def read_log(path: LogLocation, since: datetime | None = None) -> pd.DataFrame:
     A naive `since` is taken as UTC. A log that does not exist yet reads as empty.
     """
     columns = ["time" if name == "ts" else name for name in _COLUMNS] + ["true_label", "feedback_time"]
-    query = select(INFERENCE).order_by(INFERENCE.c.ts, INFERENCE.c.request_id)
+    query = select(INFERENCE).order_by(INFERENCE.c.ts, INFERENCE.c.seq, INFERENCE.c.request_id)
     if since is not None:
         after = (since if since.tzinfo else since.replace(tzinfo=timezone.utc)).timestamp()
         query = query.where(INFERENCE.c.ts >= after)
     with _reading(path) as conn:
-        frame = _frame(conn, query, [c.name for c in INFERENCE.columns])
+        frame = _frame(conn, query, [c.name for c in INFERENCE.columns]).drop(columns="seq")
     if conn is None:
         return pd.DataFrame(columns=columns)
     frame["time"] = _utc(frame.pop("ts"))
