@@ -4,8 +4,11 @@ bytes as the local cluster; an address nobody answers is named in the error."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +71,16 @@ def test_an_address_nobody_answers_is_named(tiny_dataset, tmp_path, monkeypatch)
     with pytest.raises(ClusterError, match=f"{DASK_ENV}={address}: no Dask scheduler answers"):
         build_processed(tiny_dataset, tmp_path / "out", PARAMS)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_local_cluster_takes_no_fixed_port(monkeypatch):
+    """Only free ports: a service (or another cluster) on Dask's default 8787 changes nothing."""
+    monkeypatch.delenv(DASK_ENV, raising=False)
+    with socket.socket() as taken, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with contextlib.suppress(OSError):  # already held by someone else: the same situation
+            taken.bind(("127.0.0.1", 8787))
+            taken.listen()
+        with cluster.dask_client(1) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+    assert not [w for w in caught if "already in use" in str(w.message)]

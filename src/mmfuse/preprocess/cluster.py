@@ -62,7 +62,7 @@ def dask_client(workers: int) -> Iterator[Client]:
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # its HTTP server (health, metrics) on a free port, never a fixed 8787
             worker_dashboard_address=None,
             silence_logs=logging.ERROR,
         ) as cluster,
