@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from trees import tree_digest
 
 from mmfuse.data.avdigits import DIGIT_WORDS, build_avdigits, noisy_transcript, read_idx
 from mmfuse.data.sources import FSDD, MNIST, fetch_source
@@ -59,20 +59,12 @@ def test_unknown_holdout_speaker_names_the_choices(sources, tmp_path):
     assert not (tmp_path / "raw").exists()
 
 
-def _digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
 def test_build_is_deterministic(sources, tmp_path):
     build_avdigits(sources, tmp_path / "a", DataParams())
     build_avdigits(sources, tmp_path / "b", DataParams())
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")
     build_avdigits(sources, tmp_path / "c", DataParams(seed=7))
-    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
 
 
 def test_hard_preset_degrades_image_and_audio(sources, tmp_path):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_tools import run, tree_digest
+from project_tools import run
+from trees import tree_digest
 
 from mmfuse.errors import MMFuseError
 from mmfuse.inference import registry

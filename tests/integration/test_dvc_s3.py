@@ -11,8 +11,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from project_tools import run, tree_digest
+from project_tools import run
 from test_service_support import free_port
+from trees import tree_digest
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 TRACKED = ("data/raw", "data/processed", "models/candidate")

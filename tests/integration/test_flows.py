@@ -86,8 +86,9 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     home = tmp_path_factory.mktemp("prefect")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("PREFECT_API_URL", raising=False)
-        with local_server(home, free_port(), startup_timeout=180) as url:
-            yield url, home
+        with local_server(home, free_port(), startup_timeout=180) as server:
+            assert server.started
+            yield server.url, home
 
 
 def test_the_cli_check_runs_against_a_real_server_on_traffic_with_and_without_feedback(real_server, tmp_path):

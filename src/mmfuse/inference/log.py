@@ -280,10 +280,6 @@ def _upsert(conn: Connection, table: Table) -> Any:
     return statement.on_conflict_do_update(index_elements=["request_id"], set_=changed)
 
 
-def _row_values(names: tuple[str, ...], values: tuple[Any, ...]) -> dict[str, Any]:
-    return dict(zip(names, values, strict=True))
-
-
 def input_statistics(
     sample: dict[str, torch.Tensor], image_bytes: int | None, audio_bytes: int | None, text_chars: int | None
 ) -> dict[str, float | None]:
@@ -331,23 +327,26 @@ class LogRecord:
     set_aside: tuple[bool, ...] = (False,) * len(MODALITIES)  # image, audio, text: given but set aside
 
     def values(self) -> dict[str, Any]:
-        return _row_values(
-            _COLUMNS,
-            (
-                self.request_id,
-                self.ts,
-                self.endpoint,
-                self.model_version,
-                *(int(p) for p in self.present),
-                *(self.stats.get(name) for name in STAT_COLUMNS),
-                np.ascontiguousarray(self.embedding, dtype="<f4").tobytes(),
-                self.prediction,
-                self.confidence,
-                json.dumps(self.probabilities),
-                self.latency_ms,
-                *self.trust,
-                *(int(s) for s in self.set_aside),
-            ),
+        return dict(
+            zip(
+                _COLUMNS,
+                (
+                    self.request_id,
+                    self.ts,
+                    self.endpoint,
+                    self.model_version,
+                    *(int(p) for p in self.present),
+                    *(self.stats.get(name) for name in STAT_COLUMNS),
+                    np.ascontiguousarray(self.embedding, dtype="<f4").tobytes(),
+                    self.prediction,
+                    self.confidence,
+                    json.dumps(self.probabilities),
+                    self.latency_ms,
+                    *self.trust,
+                    *(int(s) for s in self.set_aside),
+                ),
+                strict=True,
+            )
         )
 
 

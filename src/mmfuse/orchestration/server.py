@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import httpx
 
@@ -62,15 +62,20 @@ def server_env(project: Path, port: int) -> dict[str, str]:
     }
 
 
+class PrefectServer(NamedTuple):
+    url: str  # the API, for PREFECT_API_URL
+    started: bool  # by this process (stopped when the block ends), not an existing one reused
+
+
 @contextmanager
-def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> Iterator[str]:
-    """Reuse the API at $PREFECT_API_URL if it answers, else run `prefect server start`; yield its URL.
+def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> Iterator[PrefectServer]:
+    """Reuse the API at $PREFECT_API_URL if it answers, else run `prefect server start`.
 
     A server started here is stopped (terminate, then kill) when the block ends.
     """
     existing = os.environ.get("PREFECT_API_URL")
     if existing and api_answers(existing):
-        yield existing
+        yield PrefectServer(existing, started=False)
         return
     url = f"http://127.0.0.1:{port}/api"
     home = Path(project).resolve() / PREFECT_DIR
@@ -93,7 +98,7 @@ def prefect_server(project: Path, port: int, startup_timeout: float = 120.0) -> 
                     f"prefect server did not answer at {url} within {startup_timeout:.0f} s; see {home / 'server.log'}."
                 )
             time.sleep(0.5)
-        yield url
+        yield PrefectServer(url, started=True)
     finally:
         process.terminate()
         try:
@@ -169,8 +174,8 @@ def orchestrate(project: Path, params: "Params", pool: str | None = None) -> Non
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     os.environ.update(NO_TELEMETRY)
-    reused = api_answers(os.environ.get("PREFECT_API_URL", "")) if os.environ.get("PREFECT_API_URL") else False
-    with prefect_server(project, params.monitor.prefect_port) as url:
+    with prefect_server(project, params.monitor.prefect_port) as server:
+        url = server.url
         os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
         with temporary_settings(updates={PREFECT_API_URL: url}):
             if pool is None:
@@ -178,5 +183,5 @@ def orchestrate(project: Path, params: "Params", pool: str | None = None) -> Non
                 return
             register_on_pool(project, params, pool)
             print(f"registered on work pool {pool!r} at {url}: run `prefect worker start --pool {pool}`", flush=True)
-            while not reused:  # keep the server this process started, until Ctrl-C
+            while server.started:  # keep the server this process started, until Ctrl-C
                 time.sleep(3600)
