@@ -87,6 +87,7 @@ def test_the_closure_check_finds_a_missing_dep() -> None:
         "src/mmfuse/__init__.py",
         "src/mmfuse/data/__init__.py",
         "src/mmfuse/data/manifest.py",
+        "src/mmfuse/data/media.py",
         "src/mmfuse/data/wav.py",
         "src/mmfuse/errors.py",
         "src/mmfuse/io.py",

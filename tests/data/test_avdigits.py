@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from trees import tree_digest
 
 from mmfuse.data.avdigits import DIGIT_WORDS, build_avdigits, noisy_transcript, read_idx
+from mmfuse.data.media import open_media
 from mmfuse.data.sources import FSDD, MNIST, fetch_source
 from mmfuse.errors import ConfigError, SourceError
 from mmfuse.params.data import DataParams, TextNoise
@@ -70,16 +72,16 @@ def test_build_is_deterministic(sources, tmp_path):
 def test_hard_preset_degrades_image_and_audio(sources, tmp_path):
     clean = build_avdigits(sources, tmp_path / "clean", DataParams(preset="clean"))
     build_avdigits(sources, tmp_path / "hard", DataParams(preset="hard"))
-    row = clean.iloc[0]
-    clean_audio, rate = sf.read(tmp_path / "clean" / row.audio)
-    hard_audio, _ = sf.read(tmp_path / "hard" / row.audio)
-    assert sf.info(tmp_path / "hard" / row.audio).subtype == "FLOAT"
+    row, clean_media, hard_media = clean.iloc[0], open_media(tmp_path / "clean"), open_media(tmp_path / "hard")
+    clean_audio, rate = sf.read(io.BytesIO(clean_media.read(row.audio)))
+    hard_audio, _ = sf.read(io.BytesIO(hard_media.read(row.audio)))
+    assert sf.info(io.BytesIO(hard_media.read(row.audio))).subtype == "FLOAT"
     noise = hard_audio - clean_audio
     snr_db = 10 * np.log10(np.mean(clean_audio**2) / np.mean(noise**2))
     assert snr_db == pytest.approx(-9.0, abs=1.0)
     original = read_idx(sources / "mnist" / "t10k-images-idx3-ubyte.gz", 2051)[0]
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "clean" / row.image)), original)
-    hard_image = np.asarray(Image.open(tmp_path / "hard" / row.image)).astype(float)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(clean_media.read(row.image)))), original)
+    hard_image = np.asarray(Image.open(io.BytesIO(hard_media.read(row.image)))).astype(float)
     assert np.abs(hard_image - original).mean() > 20  # few components: far from the original
 
 
@@ -97,8 +99,9 @@ def test_a_degraded_build_carries_the_undegraded_twin_of_every_sample(sources, t
         assert twin.split == ("test_clean" if row.split == "test" else row.split)
     row = clean.iloc[0]  # the twin's media are the clean preset's, byte for byte
     twin = twins.loc[f"{row.sample_id}-clean"]
-    assert (tmp_path / "hard" / twin.image).read_bytes() == (tmp_path / "clean" / row.image).read_bytes()
-    assert (tmp_path / "hard" / twin.audio).read_bytes() == (tmp_path / "clean" / row.audio).read_bytes()
+    hard_media, clean_media = open_media(tmp_path / "hard"), open_media(tmp_path / "clean")
+    assert hard_media.read(twin.image) == clean_media.read(row.image)
+    assert hard_media.read(twin.audio) == clean_media.read(row.audio)
     alone = build_avdigits(sources, tmp_path / "alone", DataParams(preset="hard", clean_twin=False))
     assert alone["sample_id"].tolist() == originals.index.tolist()
 
@@ -124,3 +127,18 @@ def test_truncated_idx_is_a_clear_error(tmp_path):
     path.write_bytes(gzip.compress(b"\x00\x00\x08\x03\x00\x00\x00\x05" + b"\x00" * 8 + b"\x01" * 10))
     with pytest.raises(SourceError, match="truncated"):
         read_idx(path, 2051)
+
+
+def test_scaled_build_repeats_images_in_their_split_with_other_clips(sources, tmp_path):
+    base = build_avdigits(sources, tmp_path / "base", DataParams(preset="clean"))
+    scaled = build_avdigits(sources, tmp_path / "scaled", DataParams(preset="clean", samples=250))
+    assert len(scaled) == 250 and scaled["sample_id"].is_unique
+    assert scaled["mnist_index"].astype(int).tolist() == [i % len(base) for i in range(250)]
+    first = base.set_index("mnist_index")
+    for row in scaled.itertuples():  # a repeat keeps its image's label and split: no leakage
+        assert (row.label, row.split) == (first.loc[row.mnist_index, "label"], first.loc[row.mnist_index, "split"])
+    media = open_media(tmp_path / "scaled")
+    repeats = scaled[scaled["mnist_index"] == "0"]
+    assert len({media.read(path) for path in repeats["image"]}) == 1  # the same image...
+    assert repeats["clip"].nunique() > 1  # ...re-paired with other clips
+    assert len(list((tmp_path / "scaled" / "media").glob("shard-*.tar"))) == 1  # 500 files, 2000 per shard

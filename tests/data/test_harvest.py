@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from mmfuse.cli import app
 from mmfuse.data.manifest import RECENT_SPLIT, dataset_manifest, read_manifest, resolve_media
+from mmfuse.data.media import open_media
 from mmfuse.errors import ConfigError, ManifestError
 from mmfuse.inference.log import CaptureRecord, InferenceLog, labelled_captures
 from mmfuse.monitoring.harvest import SUMMARY, harvest, holdout_ids, windows
@@ -56,11 +57,11 @@ def ingested(tiny_dataset, tmp_path) -> Path:
 
 def _traffic(tmp_path: Path, ingested: Path) -> tuple[Path, dict[str, str]]:
     """A log with captured, labelled requests: new samples, and each kind of sample harvest must refuse."""
-    test_image = resolve_media(ingested.parent, read_manifest(ingested).query("split == 'test'")["image"].iloc[0])
+    test_image = open_media(ingested.parent).read(read_manifest(ingested).query("split == 'test'")["image"].iloc[0])
     log = InferenceLog(tmp_path / "inference" / "log.sqlite", 1000, 100, 90, capture_max_bytes=10_000_000)
     requests = {f"new{k}": (_png(k % 3, k), _wav(k % 3, k), f"class {k % 3}", str(k % 3)) for k in range(10)}
     requests["unknown-class"] = (_png(1, 50), _wav(1, 50), "nine", "9")
-    requests["test-image"] = (test_image.read_bytes(), _wav(0, 51), "", "0")
+    requests["test-image"] = (test_image, _wav(0, 51), "", "0")
     requests["corrupt"] = (b"\x89PNG\r\n\x1a\n broken", None, "class 2", "2")
     requests["repeat"] = requests["new0"]
     reasons = {"unknown-class": "label_seen_in_train", "test-image": "image_not_in_other_split"}
@@ -130,11 +131,9 @@ def test_a_harvest_merged_through_data_extra_passes_the_validate_stage(tmp_path,
     extra = frame[frame["sample_id"].str.startswith("fb-")]
     assert len(frame) == len(read_manifest(tiny_dataset)) + 10 and len(extra) == 10
     assert extra["image"].str.startswith(f"extra/{result.path.name}/images/").all()
+    media = open_media(merged.parent)
     for row in extra.itertuples():
-        assert (
-            resolve_media(merged.parent, row.image).read_bytes()
-            == (result.path / row.image.split("/", 2)[2]).read_bytes()
-        )
+        assert media.read(row.image) == (result.path / row.image.split("/", 2)[2]).read_bytes()
     summary = run_validation(merged, ValidateParams(), PreprocessParams(), tmp_path / "docs2", tmp_path / "v.json")
     assert summary["success"] and summary["rows_per_split"][RECENT_SPLIT] == 3
 

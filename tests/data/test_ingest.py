@@ -1,10 +1,11 @@
-"""Ingesting a dataset of your own: copied exactly, unsafe paths never followed."""
+"""Ingesting a dataset of your own: copied exactly (media packed), unsafe paths never followed."""
 
 from __future__ import annotations
 
 import pytest
 
-from mmfuse.data.manifest import dataset_manifest, read_manifest, resolve_media, row_flags
+from mmfuse.data.manifest import dataset_manifest, read_manifest, row_flags
+from mmfuse.data.media import PackedMedia, open_media
 from mmfuse.errors import ConfigError, ManifestError
 from mmfuse.params.data import DataParams
 from mmfuse.stages.ingest import run
@@ -16,8 +17,12 @@ def test_own_dataset_is_copied_with_its_media(tiny_dataset, tmp_path):
     assert manifest == dataset_manifest(params, tmp_path / "raw")
     frame = read_manifest(manifest)
     assert len(frame) == 30
-    for rel in frame["image"]:
-        assert resolve_media(manifest.parent, rel).read_bytes() == (tiny_dataset.parent / rel).read_bytes()
+    media = open_media(manifest.parent)
+    assert isinstance(media, PackedMedia)
+    assert sorted(p.name for p in (manifest.parent / "media").iterdir()) == ["index.csv", "shard-00000.tar"]
+    for rel in [*frame["image"], *frame["audio"]]:
+        if rel:
+            assert media.read(rel) == (tiny_dataset.parent / rel).read_bytes()
 
 
 def test_unsafe_rows_are_kept_for_validation_but_never_followed(tiny_dataset, tmp_path):
@@ -32,11 +37,12 @@ def test_unsafe_rows_are_kept_for_validation_but_never_followed(tiny_dataset, tm
     flags = row_flags(frame).set_index(frame["sample_id"])
     assert not flags.loc["evil", "image_path_safe"] and not flags.loc["abs", "image_path_safe"]
     assert not flags.loc["empty", "has_modality"]
-    assert not (tmp_path / "raw" / "secret.png").exists()
+    assert b"not yours" not in b"".join(p.read_bytes() for p in (tmp_path / "raw").rglob("*") if p.is_file())
+    media = open_media(manifest.parent)
     with pytest.raises(ManifestError, match="leaves the dataset root"):
-        resolve_media(manifest.parent, "../secret.png")
+        media.read("../secret.png")
     with pytest.raises(ManifestError, match="is absolute"):
-        resolve_media(manifest.parent, str(secret))
+        media.read(str(secret))
 
 
 def test_text_is_read_verbatim(tmp_path):
@@ -91,7 +97,7 @@ def test_a_named_media_file_linking_outside_the_folder_is_named_as_such(tiny_dat
     with open(tiny_dataset, "a") as handle:
         handle.write("inside,0,train,images/inside.png,,\n")
     manifest = run(sources=tmp_path / "sources", raw=tmp_path / "raw", params=DataParams(dataset=str(tiny_dataset)))
-    assert (manifest.parent / "images" / "inside.png").read_bytes() == inside.read_bytes()
+    assert open_media(manifest.parent).read("images/inside.png") == inside.read_bytes()
 
 
 def test_another_dataset_left_in_raw_is_dropped(tiny_dataset, tmp_path):

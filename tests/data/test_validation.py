@@ -15,6 +15,7 @@ from payloads import bomb_png, truncated_wav
 from PIL import Image
 
 from mmfuse.data.manifest import REQUIRED_COLUMNS, read_manifest
+from mmfuse.data.media import LooseMedia
 from mmfuse.errors import MediaError, ValidationFailed
 from mmfuse.params.preprocess import PreprocessParams, TextParams
 from mmfuse.params.validate import ValidateParams
@@ -317,19 +318,19 @@ def test_clipping_counts_full_scale_by_subtype(tmp_path):
     signal = tone(440, amplitude=0.5)
     signal[:80] = 1.0  # 80 of 4000 samples at full scale
     write_wav(tmp_path / "int.wav", signal, subtype="PCM_16")
-    assert audio_facts(str(tmp_path / "int.wav"), -50.0)["clipping_share"] == pytest.approx(0.02)
+    assert audio_facts(LooseMedia(tmp_path), "int.wav", -50.0)["clipping_share"] == pytest.approx(0.02)
     loud = signal.copy()
     loud[:80] = 0.9995  # the integer rail, but not full scale for float data
     loud[80:120] = -1.5  # float data may exceed full scale; it clips once played
     write_wav(tmp_path / "float.wav", loud, subtype="FLOAT")
-    facts = audio_facts(str(tmp_path / "float.wav"), -50.0)
+    facts = audio_facts(LooseMedia(tmp_path), "float.wav", -50.0)
     assert facts["clipping_share"] == pytest.approx(0.01)
     assert facts["peak"] == pytest.approx(1.5)
 
 
 def test_image_facts(tmp_path):
     write_png(tmp_path / "a.png", seed=0)
-    facts = image_facts(str(tmp_path / "a.png"))
+    facts = image_facts(LooseMedia(tmp_path), "a.png")
     assert (facts["decodable"], facts["width"], facts["height"], facts["mode"]) == (True, 28, 28, "L")
     assert len(facts["sha256"]) == 64
-    assert image_facts(str(tmp_path / "nope.png")) == {"decodable": False, "error": "missing"}
+    assert image_facts(LooseMedia(tmp_path), "nope.png") == {"decodable": False, "error": "missing"}

@@ -10,7 +10,14 @@ from PIL import Image
 
 from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams, TextParams
 from mmfuse.preprocess.audio import log_mel
-from mmfuse.preprocess.dedup import Fingerprints, content_hash, find_duplicates, signature
+from mmfuse.preprocess.dedup import (
+    Fingerprints,
+    content_hash,
+    find_duplicates,
+    miss_probability,
+    near_pairs,
+    signature,
+)
 from mmfuse.preprocess.image import decode_image
 from mmfuse.preprocess.text import normalise_text
 
@@ -154,3 +161,36 @@ def test_text_only_records_duplicate_when_their_normalised_text_matches():
     ]
     gone = removed(find_duplicates(fingerprints(records), DedupParams()))
     assert list(gone) == ["b"] and gone["b"]["match"] == "near"
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_lsh_finds_exactly_the_pairs_all_pairs_would_find():
+    """Correlated signatures (like one digit's) with planted pairs just inside and just outside
+    the audio limit: LSH returns every pair the all-pairs search finds, with its distance, and
+    compares a small share of all pairs."""
+    rng = np.random.default_rng(3)
+    limit = DedupParams().audio_max_distance
+    prototypes = rng.standard_normal((5, GRID * GRID))
+    base = _unit(prototypes[rng.integers(5, size=3000)] + 0.8 * rng.standard_normal((3000, GRID * GRID)))
+    planted = []
+    for k, target in enumerate((0.2, 0.6, 0.95, 0.999, 1.05, 3.0) * 20):  # distance as a share of the limit
+        a = base[k]
+        direction = _unit(rng.standard_normal((1, GRID * GRID)))[0]
+        direction -= (direction @ a) * a
+        direction /= np.linalg.norm(direction)
+        angle = np.arccos(1.0 - target * limit)
+        planted.append(np.cos(angle) * a + np.sin(angle) * direction)
+    b = np.vstack([base[1000:], planted, np.zeros((1, GRID * GRID))])  # a flat signature is near nothing
+    distances = 1.0 - base @ b.T
+    want = np.argwhere(distances <= limit)
+    left, right, found = near_pairs(base, b, limit)
+    assert len(want) >= 80  # the planted pairs inside the limit (and nothing else)
+    assert np.array_equal(np.column_stack([left, right]), want)
+    assert np.allclose(found, distances[left, right], atol=1e-12)
+    assert miss_probability(limit) < 1e-8 and miss_probability(0.5) > 1e-6  # a loose limit compares all pairs
+    loose = near_pairs(base[:50], b[:300], 0.5)
+    assert np.array_equal(np.column_stack(loose[:2]), np.argwhere(1.0 - base[:50] @ b[:300].T <= 0.5))

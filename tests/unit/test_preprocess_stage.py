@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.params.preprocess import EXECUTION, PreprocessParams
-from mmfuse.preprocess.build import build_processed, media_path
+from mmfuse.preprocess.build import build_processed
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
@@ -151,21 +151,6 @@ def test_labels_unseen_in_train_are_refused(tiny_dataset, tmp_path):
     frame.to_csv(tmp_path / "manifest.csv", index=False)
     with pytest.raises(ManifestError, match=r"labels \['9'\] occur in val/test but not"):
         build_processed(tmp_path / "manifest.csv", tmp_path / "out", PARAMS)
-
-
-def test_media_paths_resolve_like_the_manifest_contract(tmp_path):
-    root, outside = tmp_path / "root", tmp_path / "outside"
-    (root / "images").mkdir(parents=True)
-    outside.mkdir()
-    (root / "images" / "a.png").write_bytes(b"x")
-    (outside / "secret.png").write_bytes(b"x")
-    (root / "images" / "link.png").symlink_to(outside / "secret.png")
-    (root / "escape").symlink_to(outside)
-    folders: dict[str, Path] = {}
-    assert media_path(root, "images/a.png", folders) == (root / "images" / "a.png").resolve()
-    for rel in ("images/link.png", "escape/secret.png", "../outside/secret.png", "/etc/passwd", "images/.."):
-        with pytest.raises(ManifestError):
-            media_path(root, rel, folders)
 
 
 BUILD = """

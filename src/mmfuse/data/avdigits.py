@@ -15,6 +15,7 @@ anything it saw); trained with the twins, 100 % on clean and 93.35 % on hard (93
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from PIL import Image
 from rich.progress import track
 from scipy.io import wavfile
 
+from mmfuse.data.media import ShardWriter
 from mmfuse.data.noise import add_noise, typos
 from mmfuse.errors import ConfigError, SourceError
 from mmfuse.io import atomic_dir, write_json
@@ -166,60 +168,78 @@ def pca_truncate(images: np.ndarray, fit_mask: np.ndarray, energy: float) -> tup
     return np.clip(np.rint(recon), 0, 255).astype(np.uint8).reshape(images.shape), k
 
 
-def _write_audio(clip: Clip, dest: Path, degradation: Degradation, seed: int, index: int) -> None:
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _wav(clip: Clip, degradation: Degradation, seed: int, index: int) -> bytes:
+    out = io.BytesIO()
     if degradation.audio_snr_db is None:
         data, rate = sf.read(clip.path, dtype="int16")
-        sf.write(dest, data, rate, subtype="PCM_16")
-        return
+        sf.write(out, data, rate, subtype="PCM_16", format="WAV")
+        return out.getvalue()
     data, rate = sf.read(clip.path, dtype="float32")
     noisy = add_noise(data, degradation.audio_snr_db, np.random.default_rng((seed, _STREAM_NOISE, index)))
     # scipy, not libsndfile: libsndfile stamps float WAVs with the time (PEAK chunk),
     # which would make every build differ and defeat DVC's caching.
-    wavfile.write(dest, rate, noisy)
+    wavfile.write(out, rate, noisy)
+    return out.getvalue()
+
+
+def scaled(count: int, samples: int | None) -> np.ndarray:
+    """Which source image each of `samples` samples shows: every image once, then again in
+    order (seeded re-pairing gives each repeat another clip, text and noise); None: each once."""
+    return np.arange(count if samples is None else samples) % count
 
 
 def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataFrame:
-    """Write images/, audio/, manifest.csv and dataset.json into `out_dir`, atomically."""
+    """Write manifest.csv, dataset.json and the media (packed, see `mmfuse.data.media`) into `out_dir`, atomically.
+
+    With `data.samples` the dataset is scaled to that many samples (before clean twins) by
+    showing images again with other clips: a repeat keeps its image's split, so scaling adds
+    no leakage (it is how the scale benchmark builds 10k to 100k samples).
+    """
     sources = Path(sources)
     images = read_idx(sources / "mnist" / "t10k-images-idx3-ubyte.gz", 2051)
     labels = read_idx(sources / "mnist" / "t10k-labels-idx1-ubyte.gz", 2049)
     if len(images) != len(labels):
         raise SourceError(f"MNIST holds {len(images)} images but {len(labels)} labels.")
     splits = assign_image_splits(labels, params)
-    clips = pair_clips(labels, splits, list_clips(sources / "fsdd" / "recordings"), params)
     degradation = params.degradation
     originals, pca_components = images, None
     if degradation.image_pca_energy is not None:
         images, pca_components = pca_truncate(images, splits == "train", degradation.image_pca_energy)
+    shown = scaled(len(labels), params.samples)
+    clips = pair_clips(labels[shown], splits[shown], list_clips(sources / "fsdd" / "recordings"), params)
     twin = params.clean_twin and degradation != Degradation()
 
     rows = []
-    with atomic_dir(Path(out_dir)) as staging:
-        for folder in ("images", "audio", *(("clean/images", "clean/audio") if twin else ())):
-            (staging / folder).mkdir(parents=True)
-        for index in track(range(len(labels)), description="building avdigits", transient=True):
+    with atomic_dir(Path(out_dir)) as staging, ShardWriter(staging, params.shard_files) as media:
+        for index, source in enumerate(track(shown, description="building avdigits", transient=True)):
             sample_id = f"avd-{index:05d}"
             clip = clips[index]
-            Image.fromarray(images[index]).save(staging / "images" / f"{sample_id}.png")
-            _write_audio(clip, staging / "audio" / f"{sample_id}.wav", degradation, params.seed, index)
+            media.add(f"images/{sample_id}.png", _png(images[source]))
+            media.add(f"audio/{sample_id}.wav", _wav(clip, degradation, params.seed, index))
             text = noisy_transcript(
-                int(labels[index]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index))
+                int(labels[source]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index))
             )
-            row = {
+            row = {  # `source` is a numpy integer: plain int/str for the table
                 "sample_id": sample_id,
-                "label": str(int(labels[index])),
-                "split": splits[index],
+                "label": str(int(labels[source])),
+                "split": splits[source],
                 "image": f"images/{sample_id}.png",
                 "audio": f"audio/{sample_id}.wav",
                 "text": text,
                 "speaker": clip.speaker,
                 "clip": clip.path.name,
-                "mnist_index": str(index),
+                "mnist_index": str(source),
             }
             rows.append(row)
             if twin:
-                Image.fromarray(originals[index]).save(staging / "clean" / "images" / f"{sample_id}.png")
-                _write_audio(clip, staging / "clean" / "audio" / f"{sample_id}.wav", Degradation(), params.seed, index)
+                media.add(f"clean/images/{sample_id}.png", _png(originals[source]))
+                media.add(f"clean/audio/{sample_id}.wav", _wav(clip, Degradation(), params.seed, index))
                 rows.append(
                     {
                         **row,

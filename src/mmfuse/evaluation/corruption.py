@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 from scipy.io import wavfile
 
-from mmfuse.data.manifest import given, read_manifest, resolve_media, text_given
+from mmfuse.data.manifest import given, read_manifest, text_given
+from mmfuse.data.media import open_media
 from mmfuse.data.noise import (
     add_noise,
     blur,
@@ -109,10 +110,10 @@ class RawSplit:
                     f"the manifest and the processed split disagree on which samples carry {name}; "
                     "rerun the preprocess stage."
                 )
-        params = state.params
+        params, store = state.params, open_media(root)
         return cls(
-            images=[decode_image(resolve_media(root, p), params.image) if p else None for p in rows["image"]],
-            waves=[decode_audio(resolve_media(root, p), params.audio) if p else None for p in rows["audio"]],
+            images=[decode_image(store.read(p), params.image) if p else None for p in rows["image"]],
+            waves=[decode_audio(store.read(p), params.audio) if p else None for p in rows["audio"]],
             texts=[t if text_given(t) else None for t in rows["text"]],
         )
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from scipy.special import softmax
 
-from mmfuse.data.manifest import resolve_media
+from mmfuse.data.media import open_media
 from mmfuse.errors import MMFuseError
 from mmfuse.evaluation.calibration import expected_calibration_error
 from mmfuse.evaluation.corruption import split_rows
@@ -41,11 +41,11 @@ def as_served(split: Split, config: dict[str, Any], meta: dict[str, Any], raw_ma
     if raw_manifest is None:
         raise MMFuseError("this model was trained with other preprocessing: score it from the raw data (--raw).")
     state = PreprocessState.from_dict(config["preprocessing"])
-    rows, root = split_rows(raw_manifest, split.sample_ids), Path(raw_manifest).parent
+    rows, store = split_rows(raw_manifest, split.sample_ids), open_media(Path(raw_manifest).parent)
     samples = [
         preprocess_sample(
-            resolve_media(root, row.image) if row.image else None,
-            resolve_media(root, row.audio) if row.audio else None,
+            store.read(row.image) if row.image else None,
+            store.read(row.audio) if row.audio else None,
             row.text,
             state,
         )

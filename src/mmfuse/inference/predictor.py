@@ -35,7 +35,7 @@ class InputProblem(MMFuseError):
 
 @dataclass(frozen=True)
 class RawSample:
-    """One sample: media bytes (a request's uploads) or files (the drift reference's split), and the text."""
+    """One sample: media bytes (a request's uploads, a dataset's packed media) or files, and the text."""
 
     image: bytes | Path | None = None
     audio: bytes | Path | None = None

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mmfuse.data.manifest import read_manifest, resolve_media
+from mmfuse.data.manifest import read_manifest
+from mmfuse.data.media import MediaStore, open_media
 from mmfuse.errors import MMFuseError
 from mmfuse.inference.log import STAT_COLUMNS
 from mmfuse.inference.predictor import InputProblem, Predictor, RawSample
@@ -32,10 +33,10 @@ REFERENCE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _raw_sample(root: Path, row: pd.Series) -> RawSample:
+def _raw_sample(store: MediaStore, row: pd.Series) -> RawSample:
     return RawSample(
-        image=resolve_media(root, row["image"]) if row["image"] else None,
-        audio=resolve_media(root, row["audio"]) if row["audio"] else None,
+        image=store.read(row["image"]) if row["image"] else None,
+        audio=store.read(row["audio"]) if row["audio"] else None,
         text=row["text"] or None,
     )
 
@@ -61,7 +62,7 @@ def build_reference(
     if rows.empty:
         raise MMFuseError(f"{raw_manifest} has no {split!r} rows to build the drift reference from.")
     predictor = Predictor(Path(artifact_dir), version="reference", calibration=calibration, trust=trust)
-    root = Path(raw_manifest).parent
+    store = open_media(Path(raw_manifest).parent)
     records: list[dict] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -71,7 +72,7 @@ def build_reference(
             prepared, kept = [], []
             for _, row in batch.iterrows():
                 try:
-                    prepared.append(predictor.prepare(_raw_sample(root, row)))
+                    prepared.append(predictor.prepare(_raw_sample(store, row)))
                     kept.append(row)
                 except InputProblem:
                     continue

@@ -18,7 +18,8 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
-from mmfuse.data.manifest import read_manifest, resolve_media
+from mmfuse.data.manifest import read_manifest
+from mmfuse.data.media import MediaStore, open_media
 from mmfuse.data.noise import add_noise, blur, typos
 from mmfuse.errors import MMFuseError
 
@@ -51,13 +52,13 @@ def _pick(rows: pd.DataFrame, n: int, shift: str | None, rng: np.random.Generato
     return rows.iloc[rng.choice(len(rows), size=n, replace=n > len(rows))]
 
 
-def _payload(root: Path, row: pd.Series, shift: str | None, rng: np.random.Generator) -> tuple[dict, dict]:
+def _payload(store: MediaStore, row: pd.Series, shift: str | None, rng: np.random.Generator) -> tuple[dict, dict]:
     files: dict[str, tuple[str, bytes, str]] = {}
     if row["image"]:
-        image = resolve_media(root, row["image"]).read_bytes()
+        image = store.read(row["image"])
         files["image"] = ("image.png", _blurred(image) if shift == "image-blur" else image, "image/png")
     if row["audio"]:
-        audio = resolve_media(root, row["audio"]).read_bytes()
+        audio = store.read(row["audio"])
         files["audio"] = ("audio.wav", _noisy_wav(audio, rng) if shift == "audio-noise" else audio, "audio/wav")
     data = {}
     if row["text"]:
@@ -93,7 +94,7 @@ def simulate_traffic(
     if rows.empty:
         raise MMFuseError(f"{manifest} has no {split!r} rows to send.")
     rng = np.random.default_rng(seed)
-    root = Path(manifest).parent
+    store = open_media(Path(manifest).parent)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     if capture:
         headers["X-MMFuse-Capture"] = "true"
@@ -110,7 +111,7 @@ def simulate_traffic(
     }
     try:
         for _, row in _pick(rows, n, shift, rng).iterrows():
-            files, data = _payload(root, row, shift, rng)
+            files, data = _payload(store, row, shift, rng)
             response = http.post("/predict", files=files or None, data=data, headers=headers)
             counts["sent"] += 1
             if response.status_code != 200:

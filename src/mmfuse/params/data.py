@@ -47,6 +47,11 @@ class DataParams(Section):
     # avdigits with a degrading preset: also ingest every sample's undegraded twin, so the
     # model learns clean inputs too (train, val) and is tested on them apart (test_clean)
     clean_twin: bool = True
+    # avdigits scaled to this many samples (before twins) by showing its 10,000 images again
+    # with other clips, text and noise (the scale benchmark's 10k-100k); null: each image once
+    samples: int | None = Field(None, ge=1)
+    # ingested media are packed into tar shards of this many files (see mmfuse.data.media)
+    shard_files: int = Field(2000, ge=1)
     presets: dict[str, Degradation] = {
         "clean": Degradation(),
         "hard": Degradation(image_pca_energy=0.25, audio_snr_db=-9.0),

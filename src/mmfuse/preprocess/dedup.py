@@ -62,7 +62,7 @@ def signature(matrix: np.ndarray, grid: int) -> np.ndarray:
 
 
 def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each signature in `a`: the correlation distance to its nearest in `b`, and its index."""
+    """For each signature in `a`: the correlation distance to its nearest in `b`, and its index (all pairs)."""
     right = b.T
     distances = np.empty(len(a))
     index = np.empty(len(a), dtype=np.int64)
@@ -71,6 +71,69 @@ def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         index[start : start + _BLOCK] = np.argmin(block, axis=1)
         distances[start : start + _BLOCK] = block[np.arange(len(block)), index[start : start + _BLOCK]]
     return distances, index
+
+
+# Near pairs are found by random-hyperplane LSH (SimHash): a signature's band key is the signs of
+# its projections on _BITS fixed random directions, and only pairs sharing a key in one of _BANDS
+# bands are compared. Two unit signatures at correlation distance d differ in one sign with
+# probability acos(1 - d) / pi, so a pair at audio's limit (3e-3) shares some band with
+# probability 1 - 5e-9 (`miss_probability`); nearer pairs more surely still. Distinct digits and
+# clips (distances ~0.3-1) almost never share a band: the work grows with the records, not with
+# their pairs (all pairs at 100k records: 5e9 dot products and a 300 MB distance block).
+_BANDS, _BITS = 32, 32
+_MAX_MISS = 1e-6  # above this (a limit far looser than the defaults), every pair is compared
+
+
+def miss_probability(limit: float) -> float:
+    """Chance that LSH never pairs two signatures exactly `limit` apart."""
+    differ = np.arccos(np.clip(1.0 - limit, -1.0, 1.0)) / np.pi
+    return float((1.0 - (1.0 - differ) ** _BITS) ** _BANDS)
+
+
+@lru_cache(maxsize=8)
+def _directions(dim: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((dim, _BANDS * _BITS))
+
+
+def _band_keys(signatures: np.ndarray) -> np.ndarray:
+    """[n, _BANDS] uint32 keys; a flat (all-zero) signature gets none (-1 rows are skipped)."""
+    keys = np.empty((len(signatures), _BANDS), dtype=np.int64)
+    for start in range(0, len(signatures), _BLOCK):
+        block = signatures[start : start + _BLOCK]
+        bits = (block @ _directions(block.shape[1])) > 0
+        packed = np.packbits(bits.reshape(len(block), _BANDS, _BITS), axis=2, bitorder="little")
+        keys[start : start + _BLOCK] = packed.view("<u4").reshape(len(block), _BANDS)
+    keys[~signatures.any(axis=1)] = -1
+    return keys
+
+
+def near_pairs(a: np.ndarray, b: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i of `a`, j of `b`) at correlation distance <= `limit`, sorted by (i, j), with its distance.
+
+    LSH candidates (see above) are checked exactly, so there are no false pairs; a limit whose
+    miss probability exceeds _MAX_MISS compares all pairs instead.
+    """
+    if miss_probability(limit) > _MAX_MISS:
+        candidates = [(np.repeat(np.arange(len(a)), len(b)), np.tile(np.arange(len(b)), len(a)))]
+    else:
+        keys_a, keys_b = _band_keys(a), _band_keys(b)
+        candidates = []
+        for band in range(_BANDS):
+            order = np.argsort(keys_b[:, band], kind="stable")
+            sorted_b = keys_b[order, band]
+            rows = np.flatnonzero(keys_a[:, band] >= 0)
+            lo = np.searchsorted(sorted_b, keys_a[rows, band], "left")
+            counts = np.searchsorted(sorted_b, keys_a[rows, band], "right") - lo
+            left = np.repeat(rows, counts)
+            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            candidates.append((left, order[np.repeat(lo, counts) + offsets]))
+    left = np.concatenate([c[0] for c in candidates]).astype(np.int64)
+    right = np.concatenate([c[1] for c in candidates]).astype(np.int64)
+    pair = np.unique(left * max(len(b), 1) + right)
+    left, right = pair // max(len(b), 1), pair % max(len(b), 1)
+    distance = 1.0 - np.einsum("ij,ij->i", a[left], b[right])
+    close = distance <= limit
+    return left[close], right[close], distance[close]
 
 
 @dataclass(frozen=True)
@@ -114,14 +177,18 @@ def shared_content(
         if not len(left) or not len(right):
             continue
         first_with_sha = {sha[j]: int(j) for j in right[::-1]}
-        distances, index = nearest(signatures[left], signatures[right])
-        for i, distance, j in zip(left.tolist(), distances, right[index].tolist()):
+        nearest_near: dict[int, tuple[float, int]] = {}  # per left position: its nearest near right record
+        for i, j, distance in zip(*near_pairs(signatures[left], signatures[right], _limit(params, modality))):
+            if int(i) not in nearest_near or distance < nearest_near[int(i)][0]:
+                nearest_near[int(i)] = (float(distance), int(right[j]))
+        for position, i in enumerate(left.tolist()):
             if i in found:
                 continue
             if sha[i] in first_with_sha:
                 found[i] = {"modality": modality, "match": "exact", "distance": 0.0, "other": first_with_sha[sha[i]]}
-            elif distance <= _limit(params, modality):
-                found[i] = {"modality": modality, "match": "near", "distance": float(distance), "other": j}
+            elif position in nearest_near:
+                distance, j = nearest_near[position]
+                found[i] = {"modality": modality, "match": "near", "distance": distance, "other": j}
     long_texts = {
         fp.text_norm[j]: int(j)
         for j in others[::-1]
@@ -136,22 +203,27 @@ def shared_content(
 def _earlier_matches(
     fp: Fingerprints, params: DedupParams, members: np.ndarray, media: list[str]
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """For each position in `members`: earlier positions whose every medium in `media` is near, with distances."""
-    matches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for start in range(0, len(members), _BLOCK):
-        block = members[start : start + _BLOCK]
-        positions = np.arange(start, start + len(block))
-        close = np.arange(len(members))[None, :] < positions[:, None]
-        distance = np.zeros(close.shape)
-        for modality in media:
-            signatures = fp.media(modality)[1]
-            d = 1.0 - signatures[block] @ signatures[members].T
-            close &= d <= _limit(params, modality)
-            distance = np.maximum(distance, d)
-        for row in np.flatnonzero(close.any(axis=1)):
-            columns = np.flatnonzero(close[row])
-            matches[int(positions[row])] = (columns, distance[row, columns])
-    return matches
+    """For each position in `members`: earlier positions whose every medium in `media` is near, with distances
+    (the largest over media), in ascending position order. Without media every earlier position
+    matches; only the first is listed (it is always kept, so it is the one `duplicate_records` takes)."""
+    if not media:
+        return {position: (np.zeros(1, dtype=np.int64), np.zeros(1)) for position in range(1, len(members))}
+    signatures = fp.media(media[0])[1][members]
+    later, earlier, distance = near_pairs(signatures, signatures, _limit(params, media[0]))
+    keep = earlier < later
+    later, earlier, distance = later[keep], earlier[keep], distance[keep]
+    for modality in media[1:]:
+        signatures = fp.media(modality)[1][members]
+        other = 1.0 - np.einsum("ij,ij->i", signatures[later], signatures[earlier])
+        keep = other <= _limit(params, modality)
+        later, earlier, distance = later[keep], earlier[keep], np.maximum(distance, other)[keep]
+    positions, starts = np.unique(later, return_index=True)  # pairs come sorted by (later, earlier)
+    return {
+        int(position): (columns, distances)
+        for position, columns, distances in zip(
+            positions, np.split(earlier, starts[1:]), np.split(distance, starts[1:])
+        )
+    }
 
 
 def duplicate_records(fp: Fingerprints, params: DedupParams, rows: np.ndarray) -> dict[int, dict[str, Any]]:

@@ -2,14 +2,15 @@
 
 avdigits is built from verified sources (fetched into <sources> first, from the network or
 $MMFUSE_DATA_MIRROR); a dataset of your own (a manifest path) is copied in, so DVC
-versions exactly the bytes the rest of the pipeline saw. Either way the new folder
+versions exactly the bytes the rest of the pipeline saw. Media are packed into tar shards
+with an index (`mmfuse.data.media`): DVC tracks a few dozen files, not one per sample. Either way the new folder
 replaces the old one in one rename, and <raw> is a persistent DVC output (DVC does not
 delete it before the stage runs): a failure leaves the previous dataset untouched. A
 dataset's inputs are checked (links that dangle or leave its folder) before anything is
 written.
 
-Extra datasets (`data.extra`, e.g. harvested traffic) are merged in: each is copied under
-<raw>/<name>/extra/<its folder>/ and its rows appended to the manifest with their media paths
+Extra datasets (`data.extra`, e.g. harvested traffic) are merged in: their media are packed
+as extra/<its folder>/<path> and their rows appended to the manifest with their media paths
 prefixed, so the validate stage checks them with the rest (leakage into test included) and
 every later stage sees one dataset. They are read and checked before anything is written.
 """
@@ -32,35 +33,56 @@ from mmfuse.data.manifest import (
     read_manifest,
     unsafe_path_reason,
 )
+from mmfuse.data.media import MediaStore, ShardWriter, open_media
 from mmfuse.data.sources import fetch_all
 from mmfuse.errors import ConfigError, ManifestError
-from mmfuse.io import atomic_dir, atomic_file
+from mmfuse.io import atomic_dir
 from mmfuse.modality import MEDIA
 from mmfuse.params import load_params
 from mmfuse.params.data import DataParams
 from mmfuse.stages import console, stage_cli
 
 
-def copy_own_dataset(manifest_path: Path, out_dir: Path) -> None:
-    """Copy a manifest and every safe, existing media file it names into `out_dir`.
+def named_media(frame: pd.DataFrame) -> list[str]:
+    """The safe media paths a manifest names, sorted."""
+    return sorted({p for col in MEDIA for p in frame[col] if p and unsafe_path_reason(p) is None})
 
-    Unsafe or missing paths stay in the manifest untouched: the validate stage reports
-    each offending row instead of ingest stopping at the first one.
-    """
-    frame = read_manifest(manifest_path)
-    root = manifest_path.parent
-    media = sorted({p for col in MEDIA for p in frame[col] if p and unsafe_path_reason(p) is None})
+
+def own_media(manifest_path: Path, frame: pd.DataFrame) -> list[str]:
+    """`named_media` of a dataset folder, after refusing links that cannot be ingested."""
+    root = Path(manifest_path).parent
+    media = named_media(frame)
     problems = link_problems(root, media)
     if problems:
         shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise ManifestError(f"dataset {root} has {len(problems)} link(s) that cannot be ingested:\n  {shown}")
-    with atomic_dir(out_dir) as staging:
+    return media
+
+
+def pack(writer: ShardWriter, store: MediaStore, paths: list[str], prefix: str = "") -> None:
+    """Pack each of `paths` that `store` holds as `prefix + path`.
+
+    Missing files are skipped: the manifest keeps naming them, and the validate stage reports
+    each offending row instead of ingest stopping at the first one.
+    """
+    for rel in track(paths, description=f"packing {store.root.name}", transient=True):
+        try:
+            data = store.read(rel)
+        except FileNotFoundError:
+            continue
+        writer.add(prefix + rel, data)
+
+
+def copy_own_dataset(manifest_path: Path, out_dir: Path, files_per_shard: int) -> None:
+    """Copy a manifest into `out_dir` and pack every safe, existing media file it names.
+
+    Unsafe or missing paths stay in the manifest untouched (see `pack`).
+    """
+    frame = read_manifest(manifest_path)
+    media = own_media(manifest_path, frame)
+    with atomic_dir(out_dir) as staging, ShardWriter(staging, files_per_shard) as writer:
         shutil.copyfile(manifest_path, staging / manifest_path.name)
-        for rel in track(media, description=f"copying {root.name}", transient=True):
-            origin = root / rel
-            if origin.is_file():  # inside the folder: link_problems refused any that leaves it
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(origin, staging / rel)
+        pack(writer, open_media(manifest_path.parent), media)
 
 
 EXTRA_DIR = "extra"
@@ -92,19 +114,27 @@ def read_extras(paths: list[str]) -> dict[str, tuple[Path, pd.DataFrame]]:
     return extras
 
 
-def merge_extras(dataset_dir: Path, manifest: Path, extras: dict[str, tuple[Path, pd.DataFrame]]) -> None:
-    """Copy each extra dataset to <dataset_dir>/extra/<name>/ and append its rows to `manifest`.
+def merge_extras(
+    dataset_dir: Path, manifest: Path, extras: dict[str, tuple[Path, pd.DataFrame]], files_per_shard: int
+) -> None:
+    """Pack each extra dataset's media under extra/<name>/ beside the dataset's own and append its rows to `manifest`.
 
     Safe media paths gain the prefix extra/<name>/; unsafe ones stay as they are, so the validate
     stage names the row (a prefix could turn "/etc/x" into a harmless-looking missing file). The
-    manifest is rewritten in one rename, after every copy succeeded.
+    dataset is rewritten in one rename, after every extra was read.
     """
     if not extras:
         return
+    dataset_dir = Path(dataset_dir)
     frames = [read_manifest(manifest)]
-    with atomic_dir(Path(dataset_dir) / EXTRA_DIR) as staging:
+    base = open_media(dataset_dir)
+    with atomic_dir(dataset_dir) as staging, ShardWriter(staging, files_per_shard) as writer:
+        for item in dataset_dir.iterdir():  # the manifest, dataset.json: everything but the media
+            if item.is_file():
+                shutil.copyfile(item, staging / item.name)
+        pack(writer, base, named_media(frames[0]))
         for name, (path, frame) in extras.items():
-            copy_own_dataset(path, staging / name)
+            pack(writer, open_media(path.parent), own_media(path, frame), prefix=f"{EXTRA_DIR}/{name}/")
             prefixed = frame.copy()
             for column in MEDIA:
                 prefixed[column] = frame[column].map(
@@ -114,12 +144,11 @@ def merge_extras(dataset_dir: Path, manifest: Path, extras: dict[str, tuple[Path
                 )
             frames.append(prefixed)
         merged = pd.concat(frames, ignore_index=True).fillna("")
+        target = staging / manifest.name
         if manifest.suffix == ".parquet":
-            with atomic_file(manifest, "wb") as handle:
-                merged.to_parquet(handle, index=False)
+            merged.to_parquet(target, index=False)
         else:
-            with atomic_file(manifest) as handle:
-                merged.to_csv(handle, index=False, lineterminator="\n")
+            merged.to_csv(target, index=False, lineterminator="\n")
 
 
 def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
@@ -136,8 +165,8 @@ def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
             raise ConfigError(
                 f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
             )
-        copy_own_dataset(manifest, out_dir)
-    merge_extras(out_dir, dataset_manifest(params, raw), extras)
+        copy_own_dataset(manifest, out_dir, params.shard_files)
+    merge_extras(out_dir, dataset_manifest(params, raw), extras, params.shard_files)
     for stale in Path(raw).iterdir():
         if stale == out_dir:
             continue

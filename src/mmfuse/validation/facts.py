@@ -26,9 +26,11 @@ from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mmfuse.data.manifest import resolve_media, unsafe_path_reason
+from mmfuse.data.manifest import unsafe_path_reason
+from mmfuse.data.media import MediaStore, open_media
 from mmfuse.data.wav import truncation
 from mmfuse.errors import ManifestError
+from mmfuse.modality import MEDIA
 
 WORKERS = 2
 CHUNK_SIZE = 500  # files per task: big enough to amortise pickling, small enough for a live progress bar
@@ -63,19 +65,21 @@ def _error_text(exc: BaseException) -> str:
     return _ADDRESS.sub("", f"{type(exc).__name__}: {exc}")
 
 
-def _read_bytes(path: str) -> bytes | dict[str, Any]:
+def _read_bytes(store: MediaStore, rel: str) -> bytes | dict[str, Any]:
     """The file's bytes, or the not-decodable fact explaining why there are none."""
     try:
-        return Path(path).read_bytes()
+        return store.read(rel)
     except FileNotFoundError:
         return {"decodable": False, "error": MISSING}
+    except ManifestError as exc:  # a link leaving the dataset folder
+        return {"decodable": False, "error": str(exc)}
     except OSError as exc:
         return {"decodable": False, "error": _error_text(exc)}
 
 
-def image_facts(path: str) -> dict[str, Any]:
+def image_facts(store: MediaStore, rel: str) -> dict[str, Any]:
     """Decode an image fully (``load()``: a truncated PNG often opens fine and fails only on load)."""
-    data = _read_bytes(path)
+    data = _read_bytes(store, rel)
     if isinstance(data, dict):
         return data
     facts: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
@@ -118,9 +122,9 @@ def silence_share(samples: np.ndarray, sample_rate: int, silence_dbfs: float) ->
     return float(np.mean(rms < 10.0 ** (silence_dbfs / 20.0)))
 
 
-def audio_facts(path: str, silence_dbfs: float) -> dict[str, Any]:
+def audio_facts(store: MediaStore, rel: str, silence_dbfs: float) -> dict[str, Any]:
     """Decode a clip fully; clipping and silence as documented in clip_level and silence_share."""
-    data = _read_bytes(path)
+    data = _read_bytes(store, rel)
     if isinstance(data, dict):
         return data
     facts: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest()}
@@ -151,33 +155,16 @@ def audio_facts(path: str, silence_dbfs: float) -> dict[str, Any]:
     return facts
 
 
-def read_chunk(tasks: list[tuple[str, str]], silence_dbfs: float) -> list[dict[str, Any]]:
-    """Facts for a chunk of ``(kind, path)`` tasks, in order: the unit of work of a worker."""
-    return [image_facts(path) if kind == "image" else audio_facts(path, silence_dbfs) for kind, path in tasks]
-
-
-def _targets(frame: pd.DataFrame, dataset_root: Path, kind: str) -> tuple[list[str | None], dict[int, str]]:
-    """Per row, the resolved path to read (None: nothing to read) and, per row, a refusal reason.
-
-    Empty and unsafe paths are not opened (the manifest suite reports unsafe ones); a path
-    that escapes the root through a link is refused here, as a not-decodable fact.
-    """
-    paths: list[str | None] = []
-    refused: dict[int, str] = {}
-    for position, rel in enumerate(frame[kind]):
-        if rel == "" or unsafe_path_reason(rel) is not None:
-            paths.append(None)
-            continue
-        try:
-            paths.append(str(resolve_media(dataset_root, rel)))
-        except ManifestError as exc:
-            paths.append(None)
-            refused[position] = str(exc)
-    return paths, refused
+def read_chunk(root: Path, tasks: list[tuple[str, str]], silence_dbfs: float) -> list[dict[str, Any]]:
+    """Facts for a chunk of ``(kind, path)`` tasks of the dataset at `root`, in order: a worker's unit of work."""
+    store = open_media(root)
+    return [
+        image_facts(store, rel) if kind == "image" else audio_facts(store, rel, silence_dbfs) for kind, rel in tasks
+    ]
 
 
 def _run_tasks(
-    tasks: list[tuple[str, str]], silence_dbfs: float, workers: int, chunk_size: int, console: Console
+    root: Path, tasks: list[tuple[str, str]], silence_dbfs: float, workers: int, chunk_size: int, console: Console
 ) -> list[dict[str, Any]]:
     """Read all tasks in chunks, on a process pool when there is more than one chunk.
 
@@ -191,14 +178,14 @@ def _run_tasks(
         bar = progress.add_task("media", total=len(tasks))
         if len(chunks) <= 1 or workers <= 1:
             for index, chunk in enumerate(chunks):
-                results[index] = read_chunk(chunk, silence_dbfs)
+                results[index] = read_chunk(root, chunk, silence_dbfs)
                 progress.advance(bar, len(chunk))
         else:
             # spawn, not fork: the caller may hold threads (Prefect, the progress bar), and
             # forking a threaded process can deadlock.
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(read_chunk, chunk, silence_dbfs): i for i, chunk in enumerate(chunks)}
+                futures = {pool.submit(read_chunk, root, chunk, silence_dbfs): i for i, chunk in enumerate(chunks)}
                 for future in as_completed(futures):
                     index = futures[future]
                     results[index] = future.result()
@@ -221,21 +208,15 @@ def collect_facts(
     is unsafe, hold nulls in that modality's columns (GX skips nulls in value checks).
     Each distinct file is read once, however many rows reference it.
     """
-    dataset_root = Path(dataset_root)
-    targets = {kind: _targets(frame, dataset_root, kind) for kind in ("image", "audio")}
-    tasks = sorted({(kind, path) for kind, (paths, _) in targets.items() for path in paths if path is not None})
+    # empty and unsafe paths are not opened (the manifest suite reports unsafe ones)
+    targets = {kind: [rel if rel and not unsafe_path_reason(rel) else None for rel in frame[kind]] for kind in MEDIA}
+    tasks = sorted({(kind, rel) for kind, rels in targets.items() for rel in rels if rel is not None})
     console = console or Console(stderr=True)
-    read = dict(zip(tasks, _run_tasks(tasks, silence_dbfs, workers, chunk_size, console)))
+    read = dict(zip(tasks, _run_tasks(Path(dataset_root), tasks, silence_dbfs, workers, chunk_size, console)))
 
     out = pd.DataFrame(index=frame.index)
     for kind, names in (("image", IMAGE_COLUMNS), ("audio", AUDIO_COLUMNS)):
-        paths, refused = targets[kind]
-        rows: list[dict[str, Any]] = []
-        for position, path in enumerate(paths):
-            if position in refused:
-                rows.append({"decodable": False, "error": refused[position]})
-            else:
-                rows.append(read[(kind, path)] if path is not None else {})
+        rows = [read[(kind, rel)] if rel is not None else {} for rel in targets[kind]]
         table = pd.DataFrame.from_records(rows, columns=list(names), index=frame.index)
         table["decodable"] = table["decodable"].astype(object).where(table["decodable"].notna(), None)
         for name in names:
