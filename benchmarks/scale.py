@@ -99,12 +99,12 @@ def _train(project: Path, world: int, log: Path) -> dict:
     return {**figures, "samples_per_second": result["samples_per_second"]}
 
 
-def one_size(size: int, work: Path, repo: Path) -> dict:
+def one_size(size: int, work: Path, repo: Path, logs: Path) -> dict:
     project = work / f"n{size}"
     subprocess.run(["git", "clone", "--quiet", str(repo), str(project)], check=True)
     if (repo / "data" / "sources").is_dir():
         shutil.copytree(repo / "data" / "sources", project / "data" / "sources")
-    params, log = project / "params.yaml", work / f"n{size}.log"
+    params, log = project / "params.yaml", logs / f"n{size}.log"
     _set(params, "samples", size // 2)
     dvc = [sys.executable, "-m", "dvc"]
     steps: dict[str, dict] = {"ingest": measured([*dvc, "repro", "ingest"], project, log)}
@@ -177,8 +177,10 @@ def main() -> None:
     if args.evaluate:
         return _evaluate_main(args.evaluate)
     repo = Path(__file__).resolve().parent.parent
+    logs = Path(tempfile.mkdtemp(prefix="scale-bench-logs-"))
+    print(f"command output: {logs}", flush=True)
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        sizes = {str(size): one_size(size, Path(tmp), repo) for size in args.sizes}
+        sizes = {str(size): one_size(size, Path(tmp), repo, logs) for size in args.sizes}
     small, large = sizes[str(min(args.sizes))], sizes[str(max(args.sizes))]
     ratios = {
         step: round(large["steps"][step]["peak_rss_mb"] / small["steps"][step]["peak_rss_mb"], 3)

@@ -133,7 +133,7 @@ def test_scaled_build_repeats_images_in_their_split_with_other_clips(sources, tm
     base = build_avdigits(sources, tmp_path / "base", DataParams(preset="clean"))
     scaled = build_avdigits(sources, tmp_path / "scaled", DataParams(preset="clean", samples=250))
     assert len(scaled) == 250 and scaled["sample_id"].is_unique
-    assert scaled["mnist_index"].astype(int).tolist() == [i % len(base) for i in range(250)]
+    assert scaled["mnist_index"].astype(int).tolist() == [i % len(base) for i in range(250)]  # once, then again
     first = base.set_index("mnist_index")
     for row in scaled.itertuples():  # a repeat keeps its image's label and split: no leakage
         assert (row.label, row.split) == (first.loc[row.mnist_index, "label"], first.loc[row.mnist_index, "split"])
@@ -142,3 +142,6 @@ def test_scaled_build_repeats_images_in_their_split_with_other_clips(sources, tm
     assert len({media.read(path) for path in repeats["image"]}) == 1  # the same image...
     assert repeats["clip"].nunique() > 1  # ...re-paired with other clips
     assert len(list((tmp_path / "scaled" / "media").glob("shard-*.tar"))) == 1  # 500 files, 2000 per shard
+    fewer = build_avdigits(sources, tmp_path / "fewer", DataParams(preset="clean", samples=50))
+    assert fewer["mnist_index"].astype(int).tolist() == list(range(0, 100, 2))  # spread over every split
+    assert set(fewer["split"]) == {"train", "val", "test"}

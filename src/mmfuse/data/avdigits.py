@@ -189,9 +189,14 @@ def _wav(clip: Clip, degradation: Degradation, seed: int, index: int) -> bytes:
 
 
 def scaled(count: int, samples: int | None) -> np.ndarray:
-    """Which source image each of `samples` samples shows: every image once, then again in
-    order (seeded re-pairing gives each repeat another clip, text and noise); None: each once."""
-    return np.arange(count if samples is None else samples) % count
+    """Which of `count` source images each of `samples` samples shows. None: each once. Fewer:
+    evenly spaced ones, so every split keeps its share (test is the last indices). More: every
+    image once, then again in order (seeded re-pairing gives a repeat another clip, text and noise)."""
+    if samples is None:
+        return np.arange(count)
+    if samples < count:
+        return np.arange(samples) * count // samples
+    return np.arange(samples) % count
 
 
 def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataFrame:
