@@ -42,6 +42,7 @@ import numpy as np
 import yaml
 
 from mmfuse.data.manifest import read_manifest
+from mmfuse.data.media import open_media
 from mmfuse.io import write_json
 from mmfuse.monitoring.traffic import simulate_traffic
 
@@ -73,9 +74,10 @@ def split_world(raw_manifest: Path, dataset: Path, holdback: float, seed: int) -
     world["split"] = ["traffic" if k % 2 == 0 else "later" for k in range(len(order))]
     world_manifest = dataset.parent / "world" / "manifest.csv"
     world_manifest.parent.mkdir(parents=True)
+    media = open_media(dataset)
     for rel in (*world["image"], *world["audio"]):
         (world_manifest.parent / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(dataset / rel, world_manifest.parent / rel)
+        (world_manifest.parent / rel).write_bytes(media.read(rel))
     world.to_csv(world_manifest, index=False, lineterminator="\n")
     return dataset / "manifest.csv", world_manifest
 

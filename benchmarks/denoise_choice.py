@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import tarfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -256,9 +257,13 @@ def measure_dedup(roots: dict[str, Path], manifest: pd.DataFrame) -> dict[str, A
 
 
 def _ensure_preset(sources: Path, work: Path, preset: str) -> Path:
+    """The preset built into `work`, its packed media unpacked beside the manifest (the jobs read files)."""
     folder = work / preset
     if not (folder / "manifest.csv").is_file():
         build_avdigits(sources, folder, DataParams(preset=preset))
+        for shard in sorted((folder / "media").glob("shard-*.tar")):
+            with tarfile.open(shard) as tar:
+                tar.extractall(folder, filter="data")
     return folder
 
 

@@ -12,8 +12,11 @@ from mmfuse.params.preprocess import AudioParams, DedupParams, ImageParams, Text
 from mmfuse.preprocess.audio import log_mel
 from mmfuse.preprocess.dedup import (
     Fingerprints,
+    band_bits,
+    band_keys,
     content_hash,
     find_duplicates,
+    lsh_candidates,
     miss_probability,
     near_pairs,
     signature,
@@ -191,6 +194,24 @@ def test_lsh_finds_exactly_the_pairs_all_pairs_would_find():
     assert len(want) >= 80  # the planted pairs inside the limit (and nothing else)
     assert np.array_equal(np.column_stack([left, right]), want)
     assert np.allclose(found, distances[left, right], atol=1e-12)
-    assert miss_probability(limit) < 1e-8 and miss_probability(0.5) > 1e-6  # a loose limit compares all pairs
+    assert band_bits(limit) == 32 and miss_probability(limit, 32) < 1e-8
+    assert band_bits(DedupParams().image_max_distance) == 64 and band_bits(0.5) is None  # 0.5: all pairs
     loose = near_pairs(base[:50], b[:300], 0.5)
     assert np.array_equal(np.column_stack(loose[:2]), np.argwhere(1.0 - base[:50] @ b[:300].T <= 0.5))
+
+
+def test_lsh_on_very_alike_records_falls_back_to_all_pairs_block_by_block():
+    """Signatures close to one another (like images rebuilt from a few PCA components) share most
+    band keys: the candidates would be most pairs, so blocks are compared densely, with the same
+    pairs found, a block at a time."""
+    rng = np.random.default_rng(4)
+    spread = rng.standard_normal((600, 3)) @ rng.standard_normal((3, GRID * GRID))
+    alike = _unit(rng.standard_normal(GRID * GRID) + 0.2 * spread)
+    bits = band_bits(DedupParams().audio_max_distance)
+    keys = band_keys(alike, bits)
+    orders = [np.argsort(keys[:, band], kind="stable") for band in range(keys.shape[1])]
+    assert lsh_candidates(alike[:128], alike, bits, orders, [keys[o, band] for band, o in enumerate(orders)]) is None
+    limit = DedupParams().audio_max_distance
+    left, right, _ = near_pairs(alike, alike, limit)
+    assert np.array_equal(np.column_stack([left, right]), np.argwhere(1.0 - alike @ alike.T <= limit))
+    assert len(left) > 2000  # each with itself, and many alike neighbours

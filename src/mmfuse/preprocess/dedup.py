@@ -73,67 +73,92 @@ def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distances, index
 
 
-# Near pairs are found by random-hyperplane LSH (SimHash): a signature's band key is the signs of
-# its projections on _BITS fixed random directions, and only pairs sharing a key in one of _BANDS
-# bands are compared. Two unit signatures at correlation distance d differ in one sign with
-# probability acos(1 - d) / pi, so a pair at audio's limit (3e-3) shares some band with
-# probability 1 - 5e-9 (`miss_probability`); nearer pairs more surely still. Distinct digits and
-# clips (distances ~0.3-1) almost never share a band: the work grows with the records, not with
-# their pairs (all pairs at 100k records: 5e9 dot products and a 300 MB distance block).
-_BANDS, _BITS = 32, 32
-_MAX_MISS = 1e-6  # above this (a limit far looser than the defaults), every pair is compared
+# Near pairs are found by random-hyperplane LSH (SimHash): a signature's key in a band is the
+# signs of its projections on `bits` fixed random directions, and only pairs sharing a key in one
+# of the bands are compared exactly. Two unit signatures at correlation distance d differ in one
+# sign with probability acos(1 - d) / pi, so with 1024 directions a pair at audio's limit (3e-3,
+# 32 bands of 32 bits) shares some band with probability 1 - 5e-9, and one at the image limit
+# (1e-4, 16 bands of 64 bits) with 1 - 3e-10 (`miss_probability`). Distinct digits and clips
+# rarely share a band, so the work grows with the records, not with their pairs; where they do
+# (very alike records: avdigits' hard images are rebuilt from a few PCA components), a block of
+# records whose candidates would outnumber a quarter of all its pairs is compared with every
+# record instead, so memory stays one block of distances (_ROWS x records) either way.
+_PROJECTIONS = 1024
+_BITS = (64, 32)  # per band, most selective first
+_MAX_MISS = 1e-6  # no band size reaches this (a limit far looser than the defaults): all pairs
+_ROWS = 128
 
 
-def miss_probability(limit: float) -> float:
-    """Chance that LSH never pairs two signatures exactly `limit` apart."""
+def miss_probability(limit: float, bits: int) -> float:
+    """Chance that LSH with `bits` per band never pairs two signatures exactly `limit` apart."""
     differ = np.arccos(np.clip(1.0 - limit, -1.0, 1.0)) / np.pi
-    return float((1.0 - (1.0 - differ) ** _BITS) ** _BANDS)
+    return float((1.0 - (1.0 - differ) ** bits) ** (_PROJECTIONS // bits))
+
+
+def band_bits(limit: float) -> int | None:
+    """The most selective band size that still finds pairs at `limit`; None: compare all pairs."""
+    return next((bits for bits in _BITS if miss_probability(limit, bits) <= _MAX_MISS), None)
 
 
 @lru_cache(maxsize=8)
 def _directions(dim: int) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((dim, _BANDS * _BITS))
+    return np.random.default_rng(0).standard_normal((dim, _PROJECTIONS))
 
 
-def _band_keys(signatures: np.ndarray) -> np.ndarray:
-    """[n, _BANDS] uint32 keys; a flat (all-zero) signature gets none (-1 rows are skipped)."""
-    keys = np.empty((len(signatures), _BANDS), dtype=np.int64)
-    for start in range(0, len(signatures), _BLOCK):
-        block = signatures[start : start + _BLOCK]
-        bits = (block @ _directions(block.shape[1])) > 0
-        packed = np.packbits(bits.reshape(len(block), _BANDS, _BITS), axis=2, bitorder="little")
-        keys[start : start + _BLOCK] = packed.view("<u4").reshape(len(block), _BANDS)
-    keys[~signatures.any(axis=1)] = -1
-    return keys
+def band_keys(signatures: np.ndarray, bits: int) -> np.ndarray:
+    """[n, bands] uint64: each band's sign bits as one integer."""
+    signs = (signatures @ _directions(signatures.shape[1])) > 0
+    packed = np.packbits(signs.reshape(len(signatures), -1, bits), axis=2, bitorder="little")
+    return packed.view(f"<u{bits // 8}").reshape(len(signatures), -1).astype(np.uint64)
 
 
 def near_pairs(a: np.ndarray, b: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (i of `a`, j of `b`) at correlation distance <= `limit`, sorted by (i, j), with its distance.
 
-    LSH candidates (see above) are checked exactly, so there are no false pairs; a limit whose
-    miss probability exceeds _MAX_MISS compares all pairs instead.
+    LSH candidates (see above) are checked exactly, so there are no false pairs.
     """
-    if miss_probability(limit) > _MAX_MISS:
-        candidates = [(np.repeat(np.arange(len(a)), len(b)), np.tile(np.arange(len(b)), len(a)))]
-    else:
-        keys_a, keys_b = _band_keys(a), _band_keys(b)
-        candidates = []
-        for band in range(_BANDS):
-            order = np.argsort(keys_b[:, band], kind="stable")
-            sorted_b = keys_b[order, band]
-            rows = np.flatnonzero(keys_a[:, band] >= 0)
-            lo = np.searchsorted(sorted_b, keys_a[rows, band], "left")
-            counts = np.searchsorted(sorted_b, keys_a[rows, band], "right") - lo
-            left = np.repeat(rows, counts)
-            offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            candidates.append((left, order[np.repeat(lo, counts) + offsets]))
-    left = np.concatenate([c[0] for c in candidates]).astype(np.int64)
-    right = np.concatenate([c[1] for c in candidates]).astype(np.int64)
-    pair = np.unique(left * max(len(b), 1) + right)
-    left, right = pair // max(len(b), 1), pair % max(len(b), 1)
-    distance = 1.0 - np.einsum("ij,ij->i", a[left], b[right])
-    close = distance <= limit
-    return left[close], right[close], distance[close]
+    bits = band_bits(limit)
+    if bits is not None:
+        keys_b = band_keys(b, bits)
+        orders = [np.argsort(keys_b[:, band], kind="stable") for band in range(keys_b.shape[1])]
+        sorted_keys = [keys_b[order, band] for band, order in enumerate(orders)]
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, len(a), _ROWS):
+        block = a[start : start + _ROWS]
+        pairs = lsh_candidates(block, b, bits, orders, sorted_keys) if bits is not None else None
+        if pairs is None:
+            distance = 1.0 - block @ b.T
+            left, right = np.nonzero(distance <= limit)
+            found.append((left + start, right, distance[left, right]))
+            continue
+        left, right = pairs
+        distance = 1.0 - np.einsum("ij,ij->i", block[left], b[right])
+        close = distance <= limit
+        found.append((left[close] + start, right[close], distance[close]))
+    if not found:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    left, right, distance = (np.concatenate(parts) for parts in zip(*found))
+    return left, right, distance
+
+
+def lsh_candidates(
+    block: np.ndarray, b: np.ndarray, bits: int, orders: list[np.ndarray], sorted_keys: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct (row of block, j of b) pairs sharing a band key, sorted; None when they are too many."""
+    keys = band_keys(block, bits)
+    spans = []
+    for band, column in enumerate(sorted_keys):
+        lo = np.searchsorted(column, keys[:, band], "left")
+        spans.append((lo, np.searchsorted(column, keys[:, band], "right") - lo))
+    if sum(int(counts.sum()) for _, counts in spans) > len(block) * len(b) // 4:
+        return None
+    codes = []
+    for (lo, counts), order in zip(spans, orders):
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        right = order[np.repeat(lo, counts) + offsets]
+        codes.append(np.repeat(np.arange(len(block)), counts) * len(b) + right)
+    code = np.unique(np.concatenate(codes))
+    return code // len(b), code % len(b)
 
 
 @dataclass(frozen=True)
