@@ -23,7 +23,6 @@ from mmfuse.models.artifact import load_model
 from mmfuse.orchestration.dvc import StageFailed, repro_stage, repromote, run_experiment
 from mmfuse.orchestration.tune import tune
 from mmfuse.params import load_params
-from mmfuse.params.train import FUSIONS
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +60,25 @@ def test_bad_data_stops_the_pipeline_and_names_the_row(project_copy):
     assert "Running stage 'preprocess'" not in done.stdout  # nothing downstream ran on bad data
 
 
-def test_fusion_head_experiments_reuse_the_unimodal_models_and_compare_in_exp_show(project_copy):
+def test_fusion_head_experiments_reuse_the_unimodal_models_decide_but_never_promote(project_copy):
+    """Each head an experiment (`concat` runs in the way-back test below).
+
+    `dvc exp run` once wrote its model into the store as champion, with HEAD's lineage: the
+    store starts empty, so each experiment's model would be a first champion and only the
+    guard stops it.
+    """
+    _wipe_store()
     unimodal = tree_digest(project_copy / "models" / "baselines" / "image")
-    heads = [h for h in FUSIONS if h != yaml.safe_load((project_copy / "params.yaml").read_text())["train"]["fusion"]]
+    heads = ["gated", "lmf"]
+    assert yaml.safe_load((project_copy / "params.yaml").read_text())["train"]["fusion"] not in heads
     for head in heads:
         output = run_experiment({"train.fusion": head}, project_copy, name=f"head-{head}")
         assert "Running stage 'train_fusion'" in output and "Running stage 'train_unimodal'" not in output, output
         assert load_model(project_copy / "models" / "candidate")[1]["model"]["fusion"] == head
+        decision = json.loads((project_copy / "reports" / "promotion" / "decision.json").read_text())
+        assert decision["verdict"] == "experiment" and decision["experiment"] == f"head-{head}"
+        assert decision["failed_gates"] == []
+        assert registry.champion() is None and registry.history()[-1]["verdict"] == "experiment"
     assert tree_digest(project_copy / "models" / "baselines" / "image") == unimodal
     table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project_copy).stdout)))
     by_name = {row["Experiment"]: row for row in table if row["Experiment"]}
@@ -127,16 +138,6 @@ def _champion_tag() -> str | None:
 
 def _wipe_store() -> None:
     shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
-
-
-def test_an_experiment_decides_but_never_promotes(project_copy):
-    """`dvc exp run` once wrote its model into the store as champion, with HEAD's lineage."""
-    _wipe_store()  # so the experiment's model would be a first champion: only the guard stops it
-    run_experiment({"train.fusion": "gated"}, project_copy, name="gated")
-    decision = json.loads((project_copy / "reports" / "promotion" / "decision.json").read_text())
-    assert decision["verdict"] == "experiment" and decision["experiment"] == "gated" and decision["failed_gates"] == []
-    assert registry.champion() is None
-    assert registry.history()[-1]["verdict"] == "experiment"
 
 
 def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_promote_reruns_alone(project_copy):

@@ -9,6 +9,7 @@ from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, VOCAB, make
 from mmfuse.modality import MODALITIES
 from mmfuse.models.augment import augment_audio
 from mmfuse.models.classifier import ModelSpec, MultimodalClassifier, nonempty_subsets
+from mmfuse.models.determinism import deterministic
 from mmfuse.models.encoders import UtteranceNorm
 from mmfuse.params.train import FUSIONS, AugmentParams
 from mmfuse.training.losses import drop_modalities
@@ -103,3 +104,22 @@ def test_augment_audio_keeps_shape_and_masks_to_the_floor() -> None:
     assert out.shape == audio.shape
     assert (out.amin(dim=2) >= audio.amin(dim=2) - 1e-6).all()
     assert not torch.equal(out, audio)
+
+
+def _put_twice() -> None:
+    """`put_` to one index twice: an op PyTorch has no deterministic version of (even on CPU)."""
+    torch.zeros(3).put_(torch.tensor([0, 0]), torch.tensor([1.0, 2.0]))
+
+
+def test_deterministic_refuses_nondeterministic_kernels_and_restores_the_previous_mode():
+    threads = torch.get_num_threads()
+    torch.set_deterministic_debug_mode("warn")
+    try:
+        with deterministic(1):
+            assert torch.get_num_threads() == 1 and torch.get_deterministic_debug_mode() == 2
+            with pytest.raises(RuntimeError, match="does not have a deterministic implementation"):
+                _put_twice()
+        assert torch.get_num_threads() == threads and torch.get_deterministic_debug_mode() == 1
+    finally:
+        torch.set_deterministic_debug_mode("default")
+    _put_twice()
