@@ -134,6 +134,9 @@ def test_a_harvest_merged_through_data_extra_passes_the_validate_stage(tmp_path,
     media = open_media(merged.parent)
     for row in extra.itertuples():
         assert media.read(row.image) == (result.path / row.image.split("/", 2)[2]).read_bytes()
+    index = (merged.parent / "media" / "index.csv").read_text().splitlines()[1:]
+    named = {p for column in ("image", "audio") for p in frame[column] if p}
+    assert sorted(line.split(",")[0] for line in index) == sorted(named)  # each medium packed once
     summary = run_validation(merged, ValidateParams(), PreprocessParams(), tmp_path / "docs2", tmp_path / "v.json")
     assert summary["success"] and summary["rows_per_split"][RECENT_SPLIT] == 3
 
@@ -154,7 +157,24 @@ def test_an_extra_dataset_may_not_add_test_rows_and_nothing_is_written(tmp_path,
             raw=tmp_path / "raw",
             params=DataParams(dataset=str(tiny_dataset), extra=[str(tmp_path / "gone" / "manifest.csv")]),
         )
+    dangling = tmp_path / "dangling" / "manifest.csv"
+    (dangling.parent / "images").mkdir(parents=True)
+    (dangling.parent / "images" / "ghost.png").symlink_to(tmp_path / "nowhere.png")
+    pd.DataFrame(
+        [{"sample_id": "g", "label": "0", "split": "train", "image": "images/ghost.png", "audio": "", "text": ""}]
+    ).to_csv(dangling, index=False)
+    index = dataset_manifest(DataParams(dataset=str(tiny_dataset)), tmp_path / "raw").parent / "media" / "index.csv"
+    media_before = index.read_bytes()
+    with open(tiny_dataset, "a") as handle:
+        handle.write("late,0,train,images/train-0-0.png,,\n")  # a change to the base that must not half-land
+    with pytest.raises(ManifestError, match=r"ghost\.png is a link to .*nowhere\.png"):
+        ingest(
+            sources=tmp_path / "sources",
+            raw=tmp_path / "raw",
+            params=DataParams(dataset=str(tiny_dataset), extra=[str(dangling)]),
+        )
     assert dataset_manifest(DataParams(dataset=str(tiny_dataset)), tmp_path / "raw").read_bytes() == before
+    assert index.read_bytes() == media_before
 
 
 def test_the_cli_harvests_into_a_dvc_versioned_window_staged_in_git(tmp_path, tiny_dataset, monkeypatch):

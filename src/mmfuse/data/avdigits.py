@@ -200,7 +200,14 @@ def scaled(count: int, samples: int | None) -> np.ndarray:
 
 
 def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataFrame:
-    """Write manifest.csv, dataset.json and the media (packed, see `mmfuse.data.media`) into `out_dir`, atomically.
+    """Write manifest.csv, dataset.json and the media (packed, see `mmfuse.data.media`) into `out_dir`, atomically."""
+    with atomic_dir(Path(out_dir)) as staging, ShardWriter(staging, params.shard_files) as media:
+        return write_avdigits(sources, staging, media, params)
+
+
+def write_avdigits(sources: Path, folder: Path, media: ShardWriter, params: DataParams) -> pd.DataFrame:
+    """Write manifest.csv and dataset.json into `folder` and pack the media with `media`
+    (the ingest stage adds extra datasets to the same shards before the folder is committed).
 
     With `data.samples` the dataset is scaled to that many samples (before clean twins) by
     showing images again with other clips: a repeat keeps its image's split, so scaling adds
@@ -221,52 +228,51 @@ def build_avdigits(sources: Path, out_dir: Path, params: DataParams) -> pd.DataF
     twin = params.clean_twin and degradation != Degradation()
 
     rows = []
-    with atomic_dir(Path(out_dir)) as staging, ShardWriter(staging, params.shard_files) as media:
-        for index, source in enumerate(track(shown, description="building avdigits", transient=True)):
-            sample_id = f"avd-{index:05d}"
-            clip = clips[index]
-            media.add(f"images/{sample_id}.png", _png(images[source]))
-            media.add(f"audio/{sample_id}.wav", _wav(clip, degradation, params.seed, index))
-            text = noisy_transcript(
-                int(labels[source]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index))
-            )
-            row = {  # `source` is a numpy integer: plain int/str for the table
-                "sample_id": sample_id,
-                "label": str(int(labels[source])),
-                "split": splits[source],
-                "image": f"images/{sample_id}.png",
-                "audio": f"audio/{sample_id}.wav",
-                "text": text,
-                "speaker": clip.speaker,
-                "clip": clip.path.name,
-                "mnist_index": str(source),
-            }
-            rows.append(row)
-            if twin:
-                media.add(f"clean/images/{sample_id}.png", _png(originals[source]))
-                media.add(f"clean/audio/{sample_id}.wav", _wav(clip, Degradation(), params.seed, index))
-                rows.append(
-                    {
-                        **row,
-                        "sample_id": f"{sample_id}-clean",
-                        "split": "test_clean" if row["split"] == "test" else row["split"],
-                        "image": f"clean/images/{sample_id}.png",
-                        "audio": f"clean/audio/{sample_id}.wav",
-                    }
-                )
-        manifest = pd.DataFrame(rows)
-        manifest.to_csv(staging / "manifest.csv", index=False)
-        write_json(
-            staging / "dataset.json",
-            {
-                "name": "avdigits",
-                "preset": params.preset,
-                "split": params.split,
-                "samples": len(manifest),
-                "per_split": manifest["split"].value_counts().sort_index().to_dict(),
-                "image_pca_components": pca_components,
-                "clean_twin": twin,
-                "params": params.model_dump(),
-            },
+    for index, source in enumerate(track(shown, description="building avdigits", transient=True)):
+        sample_id = f"avd-{index:05d}"
+        clip = clips[index]
+        media.add(f"images/{sample_id}.png", _png(images[source]))
+        media.add(f"audio/{sample_id}.wav", _wav(clip, degradation, params.seed, index))
+        text = noisy_transcript(
+            int(labels[source]), params.text_noise, np.random.default_rng((params.seed, _STREAM_TEXT, index))
         )
+        row = {  # `source` is a numpy integer: plain int/str for the table
+            "sample_id": sample_id,
+            "label": str(int(labels[source])),
+            "split": splits[source],
+            "image": f"images/{sample_id}.png",
+            "audio": f"audio/{sample_id}.wav",
+            "text": text,
+            "speaker": clip.speaker,
+            "clip": clip.path.name,
+            "mnist_index": str(source),
+        }
+        rows.append(row)
+        if twin:
+            media.add(f"clean/images/{sample_id}.png", _png(originals[source]))
+            media.add(f"clean/audio/{sample_id}.wav", _wav(clip, Degradation(), params.seed, index))
+            rows.append(
+                {
+                    **row,
+                    "sample_id": f"{sample_id}-clean",
+                    "split": "test_clean" if row["split"] == "test" else row["split"],
+                    "image": f"clean/images/{sample_id}.png",
+                    "audio": f"clean/audio/{sample_id}.wav",
+                }
+            )
+    manifest = pd.DataFrame(rows)
+    manifest.to_csv(folder / "manifest.csv", index=False)
+    write_json(
+        folder / "dataset.json",
+        {
+            "name": "avdigits",
+            "preset": params.preset,
+            "split": params.split,
+            "samples": len(manifest),
+            "per_split": manifest["split"].value_counts().sort_index().to_dict(),
+            "image_pca_components": pca_components,
+            "clean_twin": twin,
+            "params": params.model_dump(),
+        },
+    )
     return manifest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mmfuse.data.media import MediaStore
@@ -14,13 +15,7 @@ def read_payload(source: bytes | Path, modality: str, max_bytes: int) -> bytes:
         data = bytes(source)
     else:
         path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise MediaError(f"cannot read {path}: {exc.strerror or exc}.", modality=modality) from exc
-        if size > max_bytes:
-            raise MediaError(f"{path} is {size} bytes, over the limit of {max_bytes}.", modality=modality)
-        data = path.read_bytes()
+        data = _read_sized(str(path), lambda: path.stat().st_size, path.read_bytes, modality, max_bytes)
     if not data:
         raise MediaError("the payload is empty (0 bytes).", modality=modality)
     if len(data) > max_bytes:
@@ -29,11 +24,18 @@ def read_payload(source: bytes | Path, modality: str, max_bytes: int) -> bytes:
 
 
 def read_media(store: MediaStore, rel: str, modality: str, max_bytes: int) -> bytes:
-    """A dataset's medium by manifest path, with `read_payload`'s checks; the size is checked before reading."""
+    """A dataset's medium by manifest path, with `read_payload`'s checks."""
+    data = _read_sized(rel, lambda: store.size(rel), lambda: store.read(rel), modality, max_bytes)
+    return read_payload(data, modality, max_bytes)
+
+
+def _read_sized(name: str, size: Callable[[], int], read: Callable[[], bytes], modality: str, max_bytes: int) -> bytes:
+    """`read()`, once `size()` says it is within `max_bytes` (an oversized file is never read);
+    an OSError of either becomes a MediaError naming `name`."""
     try:
-        size = store.size(rel)
-        if size > max_bytes:
-            raise MediaError(f"{rel} is {size} bytes, over the limit of {max_bytes}.", modality=modality)
-        return read_payload(store.read(rel), modality, max_bytes)
+        found = size()
+        if found > max_bytes:
+            raise MediaError(f"{name} is {found} bytes, over the limit of {max_bytes}.", modality=modality)
+        return read()
     except OSError as exc:
-        raise MediaError(f"cannot read {rel}: {exc.strerror or exc}.", modality=modality) from exc
+        raise MediaError(f"cannot read {name}: {exc.strerror or exc}.", modality=modality) from exc

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import typer
 from rich.progress import track
 
-from mmfuse.data.avdigits import build_avdigits
+from mmfuse.data.avdigits import write_avdigits
 from mmfuse.data.manifest import (
     EXTRA_SPLITS,
     dataset_manifest,
@@ -73,25 +74,32 @@ def pack(writer: ShardWriter, store: MediaStore, paths: list[str], prefix: str =
         writer.add(prefix + rel, data)
 
 
-def copy_own_dataset(manifest_path: Path, out_dir: Path, files_per_shard: int) -> None:
-    """Copy a manifest into `out_dir` and pack every safe, existing media file it names.
+def write_own_dataset(manifest_path: Path, folder: Path, writer: ShardWriter) -> None:
+    """Copy a manifest into `folder` and pack every safe, existing media file it names with `writer`.
 
     Unsafe or missing paths stay in the manifest untouched (see `pack`).
     """
-    frame = read_manifest(manifest_path)
-    media = own_media(manifest_path, frame)
-    with atomic_dir(out_dir) as staging, ShardWriter(staging, files_per_shard) as writer:
-        shutil.copyfile(manifest_path, staging / manifest_path.name)
-        pack(writer, open_media(manifest_path.parent), media)
+    media = own_media(manifest_path, read_manifest(manifest_path))
+    shutil.copyfile(manifest_path, folder / manifest_path.name)
+    pack(writer, open_media(manifest_path.parent), media)
 
 
 EXTRA_DIR = "extra"
 
 
-def read_extras(paths: list[str]) -> dict[str, tuple[Path, pd.DataFrame]]:
-    """Each extra manifest by the name of its folder, read and checked: it exists, its rows
-    are train or test_recent only (EXTRA_SPLITS), and no two share a folder name."""
-    extras: dict[str, tuple[Path, pd.DataFrame]] = {}
+class Extra(NamedTuple):
+    """An extra dataset, read and checked: its manifest, its rows and the media it names."""
+
+    manifest: Path
+    frame: pd.DataFrame
+    media: list[str]
+
+
+def read_extras(paths: list[str]) -> dict[str, Extra]:
+    """Each extra dataset by the name of its folder, read and checked before anything is written:
+    it exists, its rows are train or test_recent only (EXTRA_SPLITS), no two share a folder
+    name, and its media hold no link that cannot be ingested (`own_media`)."""
+    extras: dict[str, Extra] = {}
     for path in map(Path, paths):
         if not path.is_file():
             raise ConfigError(
@@ -108,47 +116,36 @@ def read_extras(paths: list[str]) -> dict[str, tuple[Path, pd.DataFrame]]:
         name = path.parent.name
         if name in extras:
             raise ConfigError(
-                f"data.extra: {extras[name][0]} and {path} both live in a folder named {name!r}; rename one."
+                f"data.extra: {extras[name].manifest} and {path} both live in a folder named {name!r}; rename one."
             )
-        extras[name] = (path, frame)
+        extras[name] = Extra(path, frame, own_media(path, frame))
     return extras
 
 
-def merge_extras(
-    dataset_dir: Path, manifest: Path, extras: dict[str, tuple[Path, pd.DataFrame]], files_per_shard: int
-) -> None:
-    """Pack each extra dataset's media under extra/<name>/ beside the dataset's own and append its rows to `manifest`.
+def add_extras(manifest: Path, extras: dict[str, Extra], writer: ShardWriter) -> None:
+    """Pack each extra dataset's media under extra/<name>/ with `writer` (the shards of the
+    dataset's own media) and append its rows to `manifest`.
 
     Safe media paths gain the prefix extra/<name>/; unsafe ones stay as they are, so the validate
-    stage names the row (a prefix could turn "/etc/x" into a harmless-looking missing file). The
-    dataset is rewritten in one rename, after every extra was read.
+    stage names the row (a prefix could turn "/etc/x" into a harmless-looking missing file).
     """
     if not extras:
         return
-    dataset_dir = Path(dataset_dir)
     frames = [read_manifest(manifest)]
-    base = open_media(dataset_dir)
-    with atomic_dir(dataset_dir) as staging, ShardWriter(staging, files_per_shard) as writer:
-        for item in dataset_dir.iterdir():  # the manifest, dataset.json: everything but the media
-            if item.is_file():
-                shutil.copyfile(item, staging / item.name)
-        pack(writer, base, named_media(frames[0]))
-        for name, (path, frame) in extras.items():
-            pack(writer, open_media(path.parent), own_media(path, frame), prefix=f"{EXTRA_DIR}/{name}/")
-            prefixed = frame.copy()
-            for column in MEDIA:
-                prefixed[column] = frame[column].map(
-                    lambda rel, name=name: f"{EXTRA_DIR}/{name}/{rel}"
-                    if rel and unsafe_path_reason(rel) is None
-                    else rel
-                )
-            frames.append(prefixed)
-        merged = pd.concat(frames, ignore_index=True).fillna("")
-        target = staging / manifest.name
-        if manifest.suffix == ".parquet":
-            merged.to_parquet(target, index=False)
-        else:
-            merged.to_csv(target, index=False, lineterminator="\n")
+    for name, extra in extras.items():
+        prefix = f"{EXTRA_DIR}/{name}/"
+        pack(writer, open_media(extra.manifest.parent), extra.media, prefix=prefix)
+        prefixed = extra.frame.copy()
+        for column in MEDIA:
+            prefixed[column] = extra.frame[column].map(
+                lambda rel: prefix + rel if rel and unsafe_path_reason(rel) is None else rel
+            )
+        frames.append(prefixed)
+    merged = pd.concat(frames, ignore_index=True).fillna("")
+    if manifest.suffix == ".parquet":
+        merged.to_parquet(manifest, index=False)
+    else:
+        merged.to_csv(manifest, index=False, lineterminator="\n")
 
 
 def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
@@ -156,17 +153,21 @@ def run(*, sources: Path, raw: Path, params: DataParams) -> Path:
     from <raw> (it was the output of another configuration); return the manifest."""
     out_dir = Path(raw) / dataset_name(params)
     extras = read_extras(params.extra)
-    if params.dataset == "avdigits":
+    own = None if params.dataset == "avdigits" else Path(params.dataset)
+    if own is None:
         fetch_all(Path(sources))
-        build_avdigits(Path(sources), out_dir, params)
-    else:
-        manifest = Path(params.dataset)
-        if not manifest.is_file():
-            raise ConfigError(
-                f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
-            )
-        copy_own_dataset(manifest, out_dir, params.shard_files)
-    merge_extras(out_dir, dataset_manifest(params, raw), extras, params.shard_files)
+    elif not own.is_file():
+        raise ConfigError(
+            f"data.dataset={params.dataset!r}: no such manifest (use 'avdigits' or a .csv/.parquet path)."
+        )
+    # One folder, one set of shards: the dataset's media and its extras' are packed once, and
+    # committed in one rename.
+    with atomic_dir(out_dir) as staging, ShardWriter(staging, params.shard_files) as writer:
+        if own is None:
+            write_avdigits(Path(sources), staging, writer, params)
+        else:
+            write_own_dataset(own, staging, writer)
+        add_extras(staging / dataset_manifest(params, raw).name, extras, writer)
     for stale in Path(raw).iterdir():
         if stale == out_dir:
             continue
