@@ -60,15 +60,17 @@ def test_bad_data_stops_the_pipeline_and_names_the_row(project_copy):
     assert "Running stage 'preprocess'" not in done.stdout  # nothing downstream ran on bad data
 
 
-def test_fusion_head_experiments_reuse_the_unimodal_models_decide_but_never_promote(project_copy):
-    """Each head an experiment (`concat` runs in the way-back test below).
+def test_fusion_head_experiments_never_promote_and_the_readme_way_back_needs_no_cache(project_copy):
+    """Each head an experiment, compared in `dvc exp show`; then the README's way back to the commit.
 
     `dvc exp run` once wrote its model into the store as champion, with HEAD's lineage: the
     store starts empty, so each experiment's model would be a first champion and only the
-    guard stops it.
+    guard stops it. The way back must work without DVC's cache (as if dvc.lock had been
+    committed from another machine), and promote must then rerun alone.
     """
     _wipe_store()
     unimodal = tree_digest(project_copy / "models" / "baselines" / "image")
+    committed = tree_digest(project_copy / "models" / "candidate")
     heads = ["gated", "lmf"]
     assert yaml.safe_load((project_copy / "params.yaml").read_text())["train"]["fusion"] not in heads
     for head in heads:
@@ -84,6 +86,28 @@ def test_fusion_head_experiments_reuse_the_unimodal_models_decide_but_never_prom
     by_name = {row["Experiment"]: row for row in table if row["Experiment"]}
     assert {by_name[f"head-{h}"]["train.fusion"] for h in heads} == set(heads)
     assert all(0 <= float(by_name[f"head-{h}"]["fused_accuracy"]) <= 100 for h in heads)
+
+    assert tree_digest(project_copy / "models" / "candidate") != committed
+    shutil.rmtree(project_copy / ".dvc" / "cache")
+    done = subprocess.run(
+        ["bash", "-c", _readme_way_back()],
+        cwd=project_copy,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "up to date" in run(["dvc", "status"], project_copy).stdout
+    assert tree_digest(project_copy / "models" / "candidate") == committed
+    # promote alone: nothing above it reruns
+    output = repromote(project_copy).output
+    assert re.findall(r"Running stage '(\w+)'", output) == ["promote"]
+    assert registry.champion() is not None
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["evaluate"]["ece_bins"] += 1
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(MMFuseError, match="evaluate changed since the last run"):
+        repromote(project_copy)
 
 
 def test_a_known_failure_is_told_from_a_transient_one_by_its_record_not_its_text(project_copy):
@@ -140,55 +164,24 @@ def _wipe_store() -> None:
     shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
 
 
-def test_the_readme_way_back_after_an_experiment_works_without_the_cache_and_promote_reruns_alone(project_copy):
-    models = tree_digest(project_copy / "models" / "candidate")
-    run_experiment({"train.fusion": "concat"}, project_copy, name="concat")
-    assert tree_digest(project_copy / "models" / "candidate") != models
-    shutil.rmtree(project_copy / ".dvc" / "cache")  # as if dvc.lock had been committed from another machine
-    done = subprocess.run(
-        ["bash", "-c", _readme_way_back()],
-        cwd=project_copy,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "up to date" in run(["dvc", "status"], project_copy).stdout
-    assert tree_digest(project_copy / "models" / "candidate") == models
-    # promote alone: nothing above it reruns
-    _wipe_store()
-    output = repromote(project_copy).output
-    assert re.findall(r"Running stage '(\w+)'", output) == ["promote"]
-    assert registry.champion() is not None
-    params = yaml.safe_load((project_copy / "params.yaml").read_text())
-    params["evaluate"]["ece_bins"] += 1
-    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    with pytest.raises(MMFuseError, match="evaluate changed since the last run"):
-        repromote(project_copy)
-
-
 def test_tune_queues_a_search_and_a_seed_spread_as_experiments(project_copy):
+    """The queue for real, with one configuration and its seed spread (two experiments); how the
+    summary ranks several configurations is tests/unit/test_tune.py's."""
     params = yaml.safe_load((project_copy / "params.yaml").read_text())
-    params["tune"] = {
-        "space": {"train.lr": [0.01, 0.02], "train.head_epochs": [1]},
-        "budget": 2,
-        "top": 1,
-        "seeds": 2,
-        "workers": 1,
-    }
+    params["tune"] = {"space": {"train.head_epochs": [1]}, "budget": 1, "top": 1, "seeds": 2, "workers": 1}
     (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "a search"], project_copy)
     champion = _champion_tag()
     summary = tune(project_copy, load_params(project_copy / "params.yaml"), run_id="t")
-    assert {r["experiment"] for r in summary["results"]} == {"tune-t-0", "tune-t-1"}
     best = summary["best"]
-    assert best["n"] == 2 and set(best["runs"]) == {best["experiment"], f"{best['experiment']}-seed1"}
+    assert [r["experiment"] for r in summary["results"]] == ["tune-t-0"] and best["experiment"] == "tune-t-0"
+    assert best["n"] == 2 and set(best["runs"]) == {"tune-t-0", "tune-t-0-seed1"} and best["failed"] == []
     assert best["mean"] == pytest.approx(sum(best["runs"].values()) / 2, abs=1e-3) and best["std"] is not None
-    other = next(r for r in summary["results"] if r is not best)
-    assert other["n"] == 1 and summary["baseline"]["train.lr"] == params["train"]["lr"]
+    assert summary["baseline"]["train.head_epochs"] == params["train"]["head_epochs"]
     table = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], project_copy).stdout)))
     shown = {row["Experiment"]: row for row in table if row["Experiment"]}
-    assert {"tune-t-0", "tune-t-1", f"{best['experiment']}-seed1"} <= set(shown)
-    assert shown[f"{best['experiment']}-seed1"]["train.seed"] == str(params["train"]["seed"] + 1)
+    assert {"tune-t-0", "tune-t-0-seed1"} <= set(shown)
+    assert shown["tune-t-0"]["train.head_epochs"] == "1"
+    assert shown["tune-t-0-seed1"]["train.seed"] == str(params["train"]["seed"] + 1)
     assert json.loads((project_copy / "reports" / "tuning" / "summary.json").read_text()) == summary
     assert _champion_tag() == champion  # the experiments promoted nothing

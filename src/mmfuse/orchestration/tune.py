@@ -66,6 +66,18 @@ def tune(project: Path, params: Params, run_id: str | None = None) -> dict[str, 
     }
     if spread:
         runs = _run(project, spread, settings.workers, timeout_s)
+    summary = summarise(params, configs, spread, runs)
+    write_json(project / settings.report, summary)
+    return summary
+
+
+def summarise(
+    params: Params, configs: dict[str, dict[str, Any]], spread: dict[str, dict[str, Any]], runs: dict[str, Any]
+) -> dict[str, Any]:
+    """The search's summary: each drawn configuration (`configs`) with its runs, its own and its
+    seed spread's (`spread`: NAME-seedK), their mean and spread of `tune.metric`, read from
+    `runs` (`experiments`); the best first."""
+    settings = params.tune
     results = []
     for name, overrides in configs.items():
         names = [name, *(n for n in spread if n.startswith(f"{name}-seed"))]
@@ -83,7 +95,7 @@ def tune(project: Path, params: Params, run_id: str | None = None) -> dict[str, 
         )
     # the seed-spread configurations first (a mean over seeds beats one lucky run), then by mean
     results.sort(key=lambda r: (r["mean"] is None, -r["n"], -(r["mean"] or 0.0)))
-    summary = {
+    return {
         "metric": settings.metric,
         "space": settings.space,
         "budget": settings.budget,
@@ -92,8 +104,6 @@ def tune(project: Path, params: Params, run_id: str | None = None) -> dict[str, 
         "best": results[0] if results and results[0]["mean"] is not None else None,
         "results": results,
     }
-    write_json(project / settings.report, summary)
-    return summary
 
 
 def _current(params: Params, key: str) -> Any:
