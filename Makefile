@@ -21,6 +21,10 @@ SOURCE_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-stra
 LOCK_ARGS   := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
                --custom-compile-command "make lock" --quiet $(SOURCE_ARGS)
 
+# The test files run side by side, one file per worker (each worker builds its own tiny DVC project
+# and model store): on 2 cores, 11 min instead of 24. `make test PYTEST_WORKERS=` runs them in one.
+PYTEST_WORKERS ?= --numprocesses auto --maxprocesses 4 --dist loadfile
+
 .PHONY: setup run test bench lock clean-venv
 
 setup: $(STAMP)
@@ -60,7 +64,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_WORKERS)
 
 bench: $(STAMP)  # after `make run`: ~3 min; the training benchmarks need a clean preset, see their docstrings
 	$(BIN)/python benchmarks/ingest_validate.py

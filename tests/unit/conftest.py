@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +13,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 from PIL import Image
+
+from mmfuse.inference import registry
 
 
 def _tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -107,3 +111,19 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def _clear_store() -> None:
+    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
+        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
+    shutil.rmtree(registry.decision_log().parent, ignore_errors=True)
+
+
+@pytest.fixture
+def empty_store() -> Iterator[None]:
+    """The test model store without champions or decisions, and so again afterwards: these tests'
+    champions are fakes (some deliberately incomplete) that a later test's pipeline, in the same
+    worker process, could not score."""
+    _clear_store()
+    yield
+    _clear_store()

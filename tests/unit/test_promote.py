@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -125,24 +124,15 @@ def test_a_subset_regression_beyond_tolerance_fails():
     assert decide(scores(accuracy=93.0, audio=69.5), champion, True, PARAMS)["verdict"] == "promote"
 
 
-def _empty_store() -> None:
-    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
-        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
-    registry.decision_log().unlink(missing_ok=True)
-
-
 @pytest.fixture
-def stage_inputs(tmp_path):
-    """An empty model store, left empty again afterwards: these tests' champions are fakes (no
-    real weights) that a later test's pipeline could not score."""
-    _empty_store()
+def stage_inputs(tmp_path, empty_store):
+    """Stage inputs beside an empty model store (see `empty_store`)."""
     calibration = tmp_path / "calibration.json"
     calibration.write_text('{"temperature": 1.5}')
     (tmp_path / "params.yaml").write_text("train:\n  fusion: gated\n")
     summary = tmp_path / "validation.json"
     summary.write_text('{"success": true}')
-    yield tmp_path, calibration, summary
-    _empty_store()
+    return tmp_path, calibration, summary
 
 
 def run_promotion(

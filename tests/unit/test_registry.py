@@ -13,12 +13,7 @@ import pytest
 
 from mmfuse.inference import registry
 
-
-@pytest.fixture(autouse=True)
-def empty_store():
-    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
-        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
-    shutil.rmtree(registry.store_root() / "mmfuse", ignore_errors=True)
+pytestmark = pytest.mark.usefixtures("empty_store")
 
 
 def _artifact(tmp_path: Path, name: str, files: int = 1) -> Path:
