@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_tools import run
+from project_tools import run, wipe_champions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,7 @@ def tiny_project(tmp_path_factory, dataset_factory) -> Path:
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
     run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], work)
+    wipe_champions()
     run(["dvc", "repro"], work)
     run(["git", "add", "-A"], work)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], work)
@@ -60,6 +61,8 @@ def tiny_project(tmp_path_factory, dataset_factory) -> Path:
 
 @pytest.fixture
 def project_copy(tiny_project, tmp_path) -> Path:
+    """A copy of the tiny project, beside a store without champions (as when it was built)."""
     work = tmp_path / "project"
     shutil.copytree(tiny_project, work, symlinks=True)
+    wipe_champions()
     return work

@@ -68,7 +68,6 @@ def test_fusion_head_experiments_never_promote_and_the_readme_way_back_needs_no_
     guard stops it. The way back must work without DVC's cache (as if dvc.lock had been
     committed from another machine), and promote must then rerun alone.
     """
-    _wipe_store()
     unimodal = tree_digest(project_copy / "models" / "baselines" / "image")
     committed = tree_digest(project_copy / "models" / "candidate")
     heads = ["gated", "lmf"]
@@ -158,10 +157,6 @@ def _readme_way_back() -> str:
 def _champion_tag() -> str | None:
     model = registry.champion()
     return str(model.tag) if model is not None else None
-
-
-def _wipe_store() -> None:
-    shutil.rmtree(registry.store_root() / "models" / registry.MODEL_NAME, ignore_errors=True)
 
 
 def test_tune_queues_a_search_and_a_seed_spread_as_experiments(project_copy):
