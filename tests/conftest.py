@@ -38,15 +38,6 @@ def write_sums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How `make test` shares the files among pytest-xdist workers (`--dist loadgroup`): one file
-    per worker at a time, except that every test on the tiny DVC project runs in one worker,
-    which then builds that project once instead of once per worker."""
-    for item in items:
-        group = "dvc-project" if "tiny_project" in getattr(item, "fixturenames", ()) else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture
 def tiny_mirror(tmp_path: Path) -> dict:
     """A mirror with 100 MNIST-like images and 60 FSDD-like tones; returns paths and sums."""

@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
+from schemathesis import GenerationMode
 from starlette.testclient import TestClient
 from test_service_support import running
 
@@ -22,6 +24,9 @@ set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "mmfuse-hypothesis"))
 
 # The schema the service serves at /docs.json, built from the API's request models (no champion needed).
 schema = schemathesis.openapi.from_dict(openapi_spec())
+# One test per operation, named by it. Not `schema.parametrize()`: its tests share one node id, so
+# pytest-xdist (`make test`) would run only one of them.
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +47,17 @@ def test_the_fuzzed_schema_is_the_one_the_service_serves(client: TestClient) -> 
     assert client.get("/docs.json").json() == openapi_spec()
 
 
-@schema.parametrize()
+def test_every_operation_of_the_schema_is_fuzzed() -> None:
+    assert {op.label for op in OPERATIONS} >= {"POST /predict", "POST /predict_batch", "POST /feedback"}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: op.label)
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_no_generated_request_gets_a_server_error(case: schemathesis.Case, client: TestClient) -> None:
+@given(data=st.data())
+def test_no_generated_request_gets_a_server_error(operation: Any, client: TestClient, data: st.DataObject) -> None:
+    """Valid and invalid requests alike (schemathesis' positive and negative generation)."""
+    mode = data.draw(st.sampled_from([GenerationMode.POSITIVE, GenerationMode.NEGATIVE]))
+    case = data.draw(operation.as_strategy(mode))
     response = send(client, case)
     assert response.status_code < 500, f"{case.method} {case.path} -> {response.status_code}: {response.text}"
     if (
