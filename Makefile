@@ -21,10 +21,11 @@ SOURCE_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-stra
 LOCK_ARGS   := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
                --custom-compile-command "make lock" --quiet $(SOURCE_ARGS)
 
-# The tests run on as many pytest-xdist workers as there are cores (at most 4), handed out one by one
-# as workers free up; each worker has its own model store and builds its own tiny DVC project.
-# On 2 cores: 11 min instead of 24. `make test PYTEST_WORKERS=` runs them in one process.
-PYTEST_WORKERS ?= --numprocesses auto --maxprocesses 4 --dist load
+# The tests run on as many pytest-xdist workers as there are cores (at most 4), each worker with its
+# own model store and its own tiny DVC project. Work stealing: each worker starts on a contiguous run
+# of the tests (module fixtures are set up once) and an idle one takes over the other's remaining
+# tests, since a few DVC experiment tests take minutes. `make test PYTEST_WORKERS=` runs them in one process.
+PYTEST_WORKERS ?= --numprocesses auto --maxprocesses 4 --dist worksteal
 
 .PHONY: setup run test bench lock clean-venv
 
