@@ -32,3 +32,4 @@ class ServeParams(Section):
     reload_interval_s: float = Field(10.0, ge=0)  # how often a worker looks for a new champion/challenger; 0: never
     shadow: bool = True  # score the store's challenger (if any) beside the champion, off the request path
     shadow_queue_size: int = Field(1000, ge=1)  # requests waiting for the shadow scorer; beyond it they are skipped
+    access_log: bool = False  # BentoML's access log line per request (the inference log records every request)

@@ -84,6 +84,7 @@ class Served:
     workers=SERVE.workers,
     threads=SERVE.threads,  # for the record: the API applies it with the instance's `limiter`
     traffic={"timeout": SERVE.timeout_s},
+    logging={"access": {"enabled": SERVE.access_log}},
 )
 class MMFuse:
     """Multimodal classifier: image, audio and/or text in, a calibrated label and its reasons out."""
