@@ -24,7 +24,7 @@ LOCK_ARGS   := --generate-hashes --python-version 3.11 --python-platform x86_64-
 # The tests run on as many pytest-xdist workers as there are cores (at most 4), each worker with its
 # own model store and its own tiny DVC project, handed out two at a time as workers free up: a few
 # DVC experiment tests take minutes, and a worker given a long run of tests up front finishes long
-# after the other (on 2 cores: 11 min this way, 17-19 min with xdist's larger first chunks or work
+# after the other (tests on 2 cores: 10-11 min this way, 15-17 min with xdist's larger first chunks or work
 # stealing, 24 min in one process). `make test PYTEST_WORKERS=` runs them in one process.
 PYTEST_WORKERS ?= --numprocesses auto --maxprocesses 4 --dist load --maxschedchunk 2
 
