@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from project_tools import run, wipe_champions
+from model_store import clear_store
+from project_tools import run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def tiny_project(tmp_path_factory, dataset_factory) -> Path:
     run(["git", "init", "-q"], work)
     run(["dvc", "init", "-q"], work)
     run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], work)
-    wipe_champions()
+    clear_store()
     run(["dvc", "repro"], work)
     run(["git", "add", "-A"], work)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny project"], work)
@@ -61,8 +62,8 @@ def tiny_project(tmp_path_factory, dataset_factory) -> Path:
 
 @pytest.fixture
 def project_copy(tiny_project, tmp_path) -> Path:
-    """A copy of the tiny project, beside a store without champions (as when it was built)."""
+    """A copy of the tiny project, beside an empty model store (as when it was built)."""
     work = tmp_path / "project"
     shutil.copytree(tiny_project, work, symlinks=True)
-    wipe_champions()
+    clear_store()
     return work

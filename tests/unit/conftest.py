@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -12,9 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from model_store import clear_store
 from PIL import Image
-
-from mmfuse.inference import registry
 
 
 def _tone(freq: float, seconds: float, rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -113,17 +111,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return manifest
 
 
-def _clear_store() -> None:
-    for name in (registry.MODEL_NAME, registry.SHADOW_NAME):
-        shutil.rmtree(registry.store_root() / "models" / name, ignore_errors=True)
-    shutil.rmtree(registry.decision_log().parent, ignore_errors=True)
-
-
 @pytest.fixture
 def empty_store() -> Iterator[None]:
-    """The test model store without champions or decisions, and so again afterwards: these tests'
-    champions are fakes (some deliberately incomplete) that a later test's pipeline, in the same
-    worker process, could not score."""
-    _clear_store()
+    """An empty model store, and empty again afterwards (these tests' champions are fakes)."""
+    clear_store()
     yield
-    _clear_store()
+    clear_store()
