@@ -161,8 +161,10 @@ from mmfuse.preprocess.build import build_processed
 build_processed(Path(sys.argv[1]), Path(sys.argv[2]), PreprocessParams(chunk_size=5))
 """
 # What differs between two x86-64 machines that a process can set: thread counts (OpenMP, MKL,
-# OpenBLAS) and the SIMD kernels numpy dispatches to (an older CPU has no AVX-512, no AVX2).
+# OpenBLAS), the SIMD kernels numpy dispatches to and the kernel OpenBLAS picks for the CPU (an
+# older CPU has no AVX-512, no AVX2).
 OLDER_CPU = "X86_V3 X86_V4 AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"  # x86-64-v2 kernels only
+OLDER_BLAS = "Nehalem"
 
 
 @pytest.mark.parametrize(("threads", "cpu"), [("1", ""), ("2", OLDER_CPU)], ids=["one thread", "two threads, no AVX"])
@@ -172,6 +174,7 @@ def test_bytes_do_not_depend_on_thread_counts_or_cpu_kernels(processed, tiny_dat
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     if cpu:
         env["NPY_DISABLE_CPU_FEATURES"] = cpu
+        env["OPENBLAS_CORETYPE"] = OLDER_BLAS
     out = tmp_path / "other"
     done = subprocess.run([sys.executable, "-c", BUILD, str(tiny_dataset), str(out)], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]

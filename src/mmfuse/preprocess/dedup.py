@@ -55,10 +55,24 @@ def signature(matrix: np.ndarray, grid: int) -> np.ndarray:
     A flat input has no shape and gives all zeros.
     """
     height, width = matrix.shape
-    values = (_cell_weights(height, grid) @ matrix.astype(np.float64) @ _cell_weights(width, grid).T).ravel()
+    rows = np.add.reduce(_cell_weights(height, grid)[:, :, None] * matrix.astype(np.float64)[None], axis=1)
+    values = np.add.reduce(rows[:, None, :] * _cell_weights(width, grid)[None], axis=2).ravel()
     values -= values.mean()
-    norm = np.linalg.norm(values)
+    norm = np.sqrt(np.add.reduce(values * values))
     return values / norm if norm > 0 else values
+
+
+def dot_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[n] dot products of the rows of `x` and `y` [n, d], summed by numpy's own reduction.
+
+    Not BLAS: OpenBLAS picks its kernel by CPU, and its products differ in the last bits
+    between kernels (a fresh `dvc repro` on an AVX-512 machine reported 30 of the dedup
+    report's distances differently from the lock written on another x86-64 machine; forcing
+    OPENBLAS_CORETYPE=Haswell here reproduced it). Elementwise products are exact and numpy's
+    reduction adds in an order fixed by the shape alone, so signatures and distances, and
+    every dedup decision made from them, are the same bits on every machine.
+    """
+    return np.add.reduce(x * y, axis=1)
 
 
 def nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +101,7 @@ _PROJECTIONS = 1024
 _BITS = (64, 32)  # per band, most selective first
 _MAX_MISS = 1e-6  # no band size reaches this (a limit far looser than the defaults): all pairs
 _ROWS = 128
+_SCREEN_MARGIN = 1e-9  # BLAS products of unit vectors err by ~1e-16: no pair within the limit escapes
 
 
 def miss_probability(limit: float, bits: int) -> float:
@@ -126,13 +141,11 @@ def near_pairs(a: np.ndarray, b: np.ndarray, limit: float) -> tuple[np.ndarray, 
     for start in range(0, len(a), _ROWS):
         block = a[start : start + _ROWS]
         pairs = lsh_candidates(block, b, bits, orders, sorted_keys) if bits is not None else None
-        if pairs is None:
-            distance = 1.0 - block @ b.T
-            left, right = np.nonzero(distance <= limit)
-            found.append((left + start, right, distance[left, right]))
-            continue
-        left, right = pairs
-        distance = 1.0 - np.einsum("ij,ij->i", block[left], b[right])
+        if pairs is None:  # BLAS screens every pair with a margin far above its rounding; `dot_rows` decides
+            left, right = np.nonzero(1.0 - block @ b.T <= limit + _SCREEN_MARGIN)
+        else:
+            left, right = pairs
+        distance = 1.0 - dot_rows(block[left], b[right])
         close = distance <= limit
         found.append((left[close] + start, right[close], distance[close]))
     if not found:
@@ -239,7 +252,7 @@ def _earlier_matches(
     later, earlier, distance = later[keep], earlier[keep], distance[keep]
     for modality in media[1:]:
         signatures = fp.media(modality)[1][members]
-        other = 1.0 - np.einsum("ij,ij->i", signatures[later], signatures[earlier])
+        other = 1.0 - dot_rows(signatures[later], signatures[earlier])
         keep = other <= _limit(params, modality)
         later, earlier, distance = later[keep], earlier[keep], np.maximum(distance, other)[keep]
     positions, starts = np.unique(later, return_index=True)  # pairs come sorted by (later, earlier)
