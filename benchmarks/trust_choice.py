@@ -24,7 +24,7 @@ import torch
 
 from mmfuse.evaluation.corruption import CORRUPTIONS, RawSplit, corrupted_array, corruption_rng, split_rows
 from mmfuse.evaluation.predict import embeddings
-from mmfuse.evaluation.trust import encoded
+from mmfuse.evaluation.trust import encoded, labelled_features
 from mmfuse.io import write_json
 from mmfuse.models.artifact import load_model
 from mmfuse.models.data import load_split
@@ -85,8 +85,7 @@ def main() -> None:
             print(kind, row, flush=True)
         trust = fit_trust(
             tuple(model.spec.modalities),
-            encoded(model, splits["train"].tensors, params.batch_size),
-            splits["train"].tensors["label"],
+            labelled_features(model, splits["train"], params.batch_size),
             encoded(model, splits["val"].tensors, params.batch_size),
             params.trust.false_alarm,
         )

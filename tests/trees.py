@@ -1,4 +1,4 @@
-"""Comparing folders in tests: one digest of a whole tree."""
+"""Comparing folders in tests: one digest of a whole tree, or its files by relative path."""
 
 from __future__ import annotations
 
@@ -13,3 +13,9 @@ def tree_digest(folder: Path) -> str:
         if path.is_file():
             digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()
+
+
+def tree_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` by its relative path: compared key by key, a difference names the file."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}

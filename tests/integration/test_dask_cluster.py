@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 from test_service_support import free_port
+from trees import tree_files
 
 from mmfuse.params.preprocess import PreprocessParams
 from mmfuse.preprocess import cluster
@@ -58,10 +59,10 @@ def test_an_external_cluster_gives_the_local_clusters_bytes(scheduler, tiny_data
     build_processed(tiny_dataset, tmp_path / "remote", PARAMS)
     records = len(tiny_dataset.read_text().splitlines()) - 1
     assert _tasks_run(scheduler) - before == -(-records // PARAMS.chunk_size)  # every chunk ran there
-    local = sorted(p.name for p in (tmp_path / "local").iterdir())
-    assert local == sorted(p.name for p in (tmp_path / "remote").iterdir())
-    for name in local:
-        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local, remote = tree_files(tmp_path / "local"), tree_files(tmp_path / "remote")
+    assert sorted(local) == sorted(remote) and "train/00000.safetensors" in local
+    for name, content in local.items():
+        assert remote[name] == content, name
 
 
 def test_an_address_nobody_answers_is_named(tiny_dataset, tmp_path, monkeypatch):

@@ -6,20 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
-from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, make_split
+from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, make_split, write_split
 
 from mmfuse.params.train import ArchParams, AugmentParams, EncoderParams, TrainParams
 
 
 @pytest.fixture(scope="session")
 def processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/processed/ laid out per the contract: {train,val,test}.safetensors + meta.json."""
+    """data/processed/ laid out per the contract: train/, val/, test/ (shards, three in train) + meta.json."""
     root = tmp_path_factory.mktemp("processed")
     for offset, (split, count) in enumerate((("train", 256), ("val", 64), ("test", 96))):
         tensors = make_split(count, seed=offset)
         ids = [f"{split}-{i:04d}" for i in range(count)]
-        save_file(tensors, str(root / f"{split}.safetensors"), metadata={"sample_ids": json.dumps(ids)})
+        write_split(root, split, tensors, ids, shard_rows=100)
     meta = {
         "labels": [f"class{i}" for i in range(N_CLASSES)],
         "vocab": {"level": "char", "tokens": ["<pad>", "<unk>", *"abcdefghij"]},

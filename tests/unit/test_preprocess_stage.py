@@ -9,15 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from trees import tree_files
 
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.params.preprocess import EXECUTION, PreprocessParams
 from mmfuse.preprocess.build import build_processed
+from mmfuse.preprocess.processed import ShardedSplit, split_dir
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
@@ -31,25 +32,29 @@ def processed(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
-def sample_ids(path: Path) -> list[str]:
-    with safe_open(path, "np") as handle:
-        return json.loads(handle.metadata()["sample_ids"])
+def read_split(processed: Path, split: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A whole split as tensors, and its sample ids, through the contract's reader."""
+    sharded = ShardedSplit.open(split_dir(processed, split))
+    return {k: torch.from_numpy(v) for k, v in sharded.read(np.arange(len(sharded))).items()}, sharded.sample_ids
 
 
 def test_writes_the_contract_files_with_the_declared_shapes(processed):
-    assert sorted(p.name for p in processed.iterdir()) == [
+    assert sorted(tree_files(processed)) == [
         "dedup_report.json",
         "meta.json",
-        "test.safetensors",
-        "train.safetensors",
-        "val.safetensors",
+        "test/00000.safetensors",
+        "test/index.json",
+        "train/00000.safetensors",
+        "train/index.json",
+        "val/00000.safetensors",
+        "val/index.json",
     ]
     meta = json.loads((processed / "meta.json").read_text())
     assert meta["labels"] == ["0", "1", "2", "3"]
     assert meta["counts"] == {"train": 16, "val": 4, "test": 4}
     assert meta["params"] == PARAMS.model_dump(mode="json", exclude=set(EXECUTION))
     assert "workers" not in meta["params"]  # how it ran is no part of what it made
-    train = load_file(processed / "train.safetensors")
+    train, _ = read_split(processed, "train")
     assert {k: (v.dtype, list(v.shape)) for k, v in train.items()} == {
         "image": (torch.float32, [16, *meta["shapes"]["image"]]),
         "audio": (torch.float32, [16, *meta["shapes"]["audio"]]),
@@ -69,14 +74,13 @@ def test_train_is_deduplicated_and_leakage_removed_with_reasons(processed):
         "exact",
         "v-00",
     )
-    kept = sample_ids(processed / "train.safetensors")
+    kept = read_split(processed, "train")[1]
     assert "t-01" in kept and "t-02" in kept  # one clip, two images: legitimate
     assert kept == sorted(kept)
 
 
 def test_missing_modalities_are_zero_and_masked(processed):
-    train = load_file(processed / "train.safetensors")
-    ids = sample_ids(processed / "train.safetensors")
+    train, ids = read_split(processed, "train")
     image_only, text_only = ids.index("t-img"), ids.index("t-txt")
     assert train["mask"][image_only].tolist() == [True, False, False]
     assert train["mask"][text_only].tolist() == [False, False, True]
@@ -85,7 +89,7 @@ def test_missing_modalities_are_zero_and_masked(processed):
 
 
 def test_train_statistics_normalise_train(processed):
-    train = load_file(processed / "train.safetensors")
+    train, _ = read_split(processed, "train")
     images = train["image"][train["mask"][:, 0]]
     assert images.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert images.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
@@ -96,8 +100,8 @@ def test_single_sample_path_gives_identical_tensors(processed, tiny_dataset):
     manifest = pd.read_csv(tiny_dataset, dtype=str, keep_default_na=False).set_index("sample_id")
     root = tiny_dataset.parent
     for split in ("train", "val", "test"):
-        batch = load_file(processed / f"{split}.safetensors")
-        for k, sample_id in enumerate(sample_ids(processed / f"{split}.safetensors")):
+        batch, ids = read_split(processed, split)
+        for k, sample_id in enumerate(ids):
             row = manifest.loc[sample_id]
             single = preprocess_sample(
                 (root / row["image"]).read_bytes() if row["image"] else None,
@@ -112,15 +116,29 @@ def test_single_sample_path_gives_identical_tensors(processed, tiny_dataset):
 
 def test_two_runs_write_byte_identical_files(processed, tiny_dataset, tmp_path):
     build_processed(tiny_dataset, tmp_path / "again", PARAMS)
-    for path in processed.iterdir():
-        assert (tmp_path / "again" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert tree_files(tmp_path / "again") == tree_files(processed)
+    assert not list(tmp_path.glob(".*"))  # the spilled features and the staging folder are gone
+
+
+def test_shards_hold_the_rows_of_one_whole_split(processed, tiny_dataset, tmp_path, monkeypatch):
+    """Shards of 3 rows (chunks of 5 records, so shards and chunks straddle each other) read back
+    as the one-shard split, row for row; rows in any order, repeated, across shards."""
+    monkeypatch.setattr("mmfuse.preprocess.build.SHARD_ROWS", 3)
+    build_processed(tiny_dataset, tmp_path / "small", PARAMS)
+    assert len(list((tmp_path / "small" / "train").glob("*.safetensors"))) == 6  # 16 rows
+    whole, ids = read_split(processed, "train")
+    small, small_ids = read_split(tmp_path / "small", "train")
+    assert small_ids == ids and all(torch.equal(small[key], whole[key]) for key in whole)
+    sharded = ShardedSplit.open(tmp_path / "small" / "train")
+    rows = np.array([15, 0, 4, 5, 3, 3, 9, 2])
+    for key, value in sharded.read(rows).items():
+        assert torch.equal(torch.from_numpy(value), whole[key][torch.from_numpy(rows)]), key
 
 
 def test_bytes_do_not_depend_on_workers_or_chunking(processed, tiny_dataset, tmp_path):
     """One Dask worker and one chunk against two workers and five-record chunks: the same files."""
     build_processed(tiny_dataset, tmp_path / "serial", PARAMS.model_copy(update={"workers": 1, "chunk_size": 100}))
-    for path in processed.iterdir():
-        assert (tmp_path / "serial" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert tree_files(tmp_path / "serial") == tree_files(processed)
 
 
 def test_a_bad_record_fails_the_stage_naming_it_and_leaves_no_output(tiny_dataset, tmp_path):
@@ -178,5 +196,6 @@ def test_bytes_do_not_depend_on_thread_counts_or_cpu_kernels(processed, tiny_dat
     out = tmp_path / "other"
     done = subprocess.run([sys.executable, "-c", BUILD, str(tiny_dataset), str(out)], env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    for path in processed.iterdir():
-        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    other = tree_files(out)
+    for name, content in tree_files(processed).items():
+        assert other[name] == content, name

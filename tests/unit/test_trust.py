@@ -32,7 +32,8 @@ def test_clean_inputs_are_set_aside_at_the_false_alarm_rate_and_shifted_ones_alw
     centres = rng.normal(0, 4, (5, 16))
     train_labels, val_labels, test_labels = (rng.integers(0, 5, n) for n in (4000, 2000, 4000))
     train = _split(rng, train_labels, centres)
-    trust = fit_trust(MODALITIES, train, torch.from_numpy(train_labels), _split(rng, val_labels, centres), 0.05)
+    labelled = train.labelled(MODALITIES, torch.from_numpy(train_labels))
+    trust = fit_trust(MODALITIES, labelled, _split(rng, val_labels, centres), 0.05)
     test = _split(rng, test_labels, centres)
     clean = trust.assess(test.embeddings, test.present, test.inputs, _aux(test)).trusted
     assert 0.03 < 1 - float(clean.double().mean()) < 0.07  # the val-calibrated rate holds on fresh data
@@ -50,7 +51,7 @@ def test_absent_modalities_get_no_score_and_are_never_trusted() -> None:
     centres = rng.normal(0, 4, (3, 8))
     labels = rng.integers(0, 3, 300)
     split = _split(rng, labels, centres)
-    trust = fit_trust(MODALITIES, split, torch.from_numpy(labels), split, false_alarm=0.01)
+    trust = fit_trust(MODALITIES, split.labelled(MODALITIES, torch.from_numpy(labels)), split, false_alarm=0.01)
     partial = split.present.clone()
     partial[:, 2] = False
     assessment = trust.assess(split.embeddings, partial, split.inputs, _aux(split))

@@ -1,7 +1,8 @@
 """Batched inference over split tensors, and the late-fusion reference built from the unimodal models.
 
-Works on the tensor dict of a split (not on `Split`) so that a robustness level can swap
-one modality's column for its corrupted copy and reuse the others as they are.
+Works on the tensor dict of a split so that a robustness level can swap one modality's column
+for its corrupted copy and reuse the others as they are; `model_logits` also reads a `Split`
+a batch at a time.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from mmfuse.models.classifier import MultimodalClassifier
+from mmfuse.models.data import Split
 
 # Names in every table, curve and metric key of the evaluation: the all-modality fusion model
 # trusting every input (models/candidate), the same model with the corrupted modality masked
@@ -18,14 +20,17 @@ FUSED, MASKED, REFERENCE = "fused", "masked", "late_fusion"
 
 
 @torch.inference_mode()
-def model_logits(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+def model_logits(model: MultimodalClassifier, data: Split | dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
     """Logits [N, C] of `model` on every row (rows without any of its modalities give meaningless logits:
-    select them out with `scored_rows`)."""
-    count = int(tensors["label"].shape[0])
-    parts = [
-        model({key: value[start : start + batch_size] for key, value in tensors.items()})
-        for start in range(0, count, batch_size)
-    ]
+    select them out with `scored_rows`). A `Split` is read a batch at a time."""
+    if isinstance(data, Split):
+        parts = [model(batch) for batch in data.in_order(batch_size)]
+    else:
+        count = int(data["label"].shape[0])
+        parts = [
+            model({key: value[start : start + batch_size] for key, value in data.items()})
+            for start in range(0, count, batch_size)
+        ]
     return torch.cat(parts) if parts else torch.zeros(0, model.spec.n_classes)
 
 

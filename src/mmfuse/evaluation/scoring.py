@@ -54,14 +54,14 @@ def as_served(split: Split, config: dict[str, Any], meta: dict[str, Any], raw_ma
     tensors = {key: torch.stack([s[key] for s in samples]) for key in ("image", "audio", "text", "mask")}
     own = {str(name): index for index, name in enumerate(config["labels"])}
     names = [str(name) for name in meta["labels"]]
-    unknown = sorted({names[k] for k in split.tensors["label"].tolist()} - set(own))
+    unknown = sorted({names[k] for k in split.label.tolist()} - set(own))
     if unknown:
         raise MMFuseError(
             f"the data hold classes {unknown} this model was never trained on, so it cannot be compared on them; "
             "the decision needs a human: promote by hand (`dvc exp apply`, `mmfuse champion ...`)."
         )
-    tensors["label"] = torch.tensor([own[names[k]] for k in split.tensors["label"].tolist()])
-    return Split(tensors, list(split.sample_ids))
+    tensors["label"] = torch.tensor([own[names[k]] for k in split.label.tolist()])
+    return Split.of(tensors, split.sample_ids)
 
 
 def score_artifact(
@@ -85,9 +85,9 @@ def score_artifact(
     data = as_served(processed, config, load_meta(processed_dir), raw_manifest).with_any(model.columns)
     with deterministic(params.threads):
         subsets = subset_scores(model, data, params.batch_size)["subsets"]
-        logits = model_logits(model, data.tensors, params.batch_size).double().numpy()
+        logits = model_logits(model, data, params.batch_size).double().numpy()
     probs = softmax(logits / (temperature or 1.0), axis=1)
-    labels = data.tensors["label"].numpy()
+    labels = data.label.numpy()
     per_class = classification_metrics(labels, probs.argmax(axis=1), [str(n) for n in config["labels"]])["per_class"]
     return {
         "accuracy": round(subsets[subset_name(model.spec.modalities)]["accuracy"], 4),

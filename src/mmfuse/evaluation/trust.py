@@ -30,6 +30,19 @@ def encoded(model: MultimodalClassifier, tensors: dict[str, torch.Tensor], batch
     return Encoded(embeddings(model, tensors, present, batch_size), present, inputs)
 
 
+def labelled_features(
+    model: MultimodalClassifier, split: Split, batch_size: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`Encoded.labelled` of a whole split, encoded a batch at a time: the train split is read
+    once and never held whole (it is most of the data), only its trust features are."""
+    modalities = tuple(model.spec.modalities)
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in modalities}
+    for batch in split.in_order(batch_size):
+        for m, part in encoded(model, batch, batch_size).labelled(modalities, batch["label"]).items():
+            parts[m].append(part)
+    return {m: tuple(np.concatenate(column) for column in zip(*chunks)) for m, chunks in parts.items()}
+
+
 def fit_on_splits(
     model: MultimodalClassifier,
     train: Split,
@@ -46,8 +59,7 @@ def fit_on_splits(
     clean = encoded(model, val.tensors, batch_size)
     trust = fit_trust(
         tuple(model.spec.modalities),
-        encoded(model, train.tensors, batch_size),
-        train.tensors["label"],
+        labelled_features(model, train, batch_size),
         clean,
         false_alarm,
     )

@@ -1,71 +1,119 @@
-"""Reading the processed-split contract into memory for training and evaluation.
+"""Reading the processed-split contract for training and evaluation, by rows.
 
-A split is small (thousands of samples), so it is held as whole tensors and batched by
-index: no DataLoader workers, no pickling, and a batch order that depends only on the seed.
+A split on disk is a folder of shards (`mmfuse.preprocess.processed`). `Split` keeps only its
+mask, labels and sample ids in memory and reads image, audio and text per batch, so training's
+memory does not grow with the dataset; batches are index tensors drawn from the seed alone (no
+DataLoader workers, no pickling), and the rows a batch reads are the same bits a whole split
+held in memory gave, so the weights are too. `tensors` reads a whole split at once where a
+small one is wanted whole (evaluation's test split, tests).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from mmfuse.errors import MMFuseError
 from mmfuse.modality import MODALITIES
+from mmfuse.preprocess.processed import INDEX, KEYS, ShardedSplit, shard_name, split_dir
 
-SPLIT_KEYS = (*MODALITIES, "mask", "label")
+SPLIT_KEYS = KEYS
 
 
 @dataclass(frozen=True)
 class Split:
-    """One processed split: `tensors` holds image, audio, text, mask [N,3] and label; ids are the sample ids."""
+    """One processed split, or a subset of its rows: `mask` [N, 3], `label` [N] and `sample_ids`
+    in memory; image, audio and text read per `batch` from `source` (shards on disk, or a dict
+    of tensors already in memory)."""
 
-    tensors: dict[str, torch.Tensor]
+    source: ShardedSplit | dict[str, torch.Tensor]
     sample_ids: list[str]
+    rows: torch.Tensor | None = None  # the source rows this split holds, in order; None: all of them
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor], sample_ids: list[str]) -> "Split":
+        """A split of tensors already in memory (evaluation's re-preprocessed copies, tests)."""
+        return cls(dict(tensors), list(sample_ids))
 
     def __len__(self) -> int:
-        return int(self.tensors["label"].shape[0])
+        return len(self.sample_ids)
+
+    def _read(self, rows: torch.Tensor, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if isinstance(self.source, dict):
+            return {key: self.source[key][rows] for key in keys}
+        arrays = self.source.read(rows.numpy(), keys)
+        return {key: torch.from_numpy(value) for key, value in arrays.items()}
+
+    def _source_rows(self, index: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return index if self.rows is None else self.rows[index]
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """The rows `index` of every tensor, as the model's batch dict."""
-        return {key: value[index] for key, value in self.tensors.items()}
+        rows = self._source_rows(index)
+        out = self._read(rows, ("image", "audio", "text"))
+        return {**out, "mask": self._whole["mask"][rows], "label": self._whole["label"][rows]}
+
+    def in_order(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Every row in order, `batch_size` at a time (each batch read as it is needed)."""
+        return (self.batch(index) for index in torch.arange(len(self)).split(batch_size))
+
+    @cached_property
+    def _whole(self) -> dict[str, torch.Tensor]:
+        """Mask and label of every source row: small (11 bytes a row), read once."""
+        source_len = len(self.source["label"]) if isinstance(self.source, dict) else len(self.source)
+        out = self._read(torch.arange(source_len), ("mask", "label"))
+        out["mask"] = out["mask"].bool()
+        return out
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self._whole["mask"] if self.rows is None else self._whole["mask"][self.rows]
+
+    @property
+    def label(self) -> torch.Tensor:
+        return self._whole["label"] if self.rows is None else self._whole["label"][self.rows]
+
+    @cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the split at once (reads it whole: for val/test-sized splits)."""
+        return self.batch(torch.arange(len(self)))
 
     def with_any(self, columns: list[int]) -> "Split":
         """Only the samples carrying at least one of the mask `columns` (a model for
         image+audio has nothing to learn from a text-only sample)."""
-        keep = self.tensors["mask"][:, columns].any(dim=1)
+        keep = self.mask[:, columns].any(dim=1)
         if bool(keep.all()):
             return self
-        rows = keep.nonzero().squeeze(1)
-        return Split({k: v[rows] for k, v in self.tensors.items()}, [self.sample_ids[i] for i in rows.tolist()])
+        index = keep.nonzero().squeeze(1)
+        return Split(self.source, [self.sample_ids[i] for i in index.tolist()], self._source_rows(index))
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Per-sample input shape of each modality."""
+        if isinstance(self.source, dict):
+            return {m: list(self.source[m].shape[1:]) for m in MODALITIES}
+        return {m: list(self.source.shapes[m][0]) for m in MODALITIES}
 
 
-def split_path(processed_dir: Path, split: str) -> Path:
-    return Path(processed_dir) / f"{split}.safetensors"
+def split_files(processed_dir: Path, split: str) -> list[Path]:
+    """The files of a processed split (its index, then its shards): what a checkpoint's fingerprint hashes."""
+    folder = split_dir(processed_dir, split)
+    return [folder / INDEX, *(folder / shard_name(k) for k in range(len(ShardedSplit.open(folder).offsets) - 1))]
+
+
+def has_split(processed_dir: Path, split: str) -> bool:
+    return (split_dir(processed_dir, split) / INDEX).exists()
 
 
 def load_split(processed_dir: Path, split: str) -> Split:
-    """Read `<processed_dir>/<split>.safetensors`; a missing file or key is a clear MMFuseError."""
-    path = split_path(processed_dir, split)
-    if not path.exists():
-        raise MMFuseError(f"{path} not found: run the preprocess stage (`mmfuse preprocess`) first.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            missing = [key for key in SPLIT_KEYS if key not in handle.keys()]
-            if missing:
-                raise MMFuseError(
-                    f"{path} lacks tensors {missing}; the processed-split contract needs {list(SPLIT_KEYS)}."
-                )
-            tensors = {key: handle.get_tensor(key) for key in SPLIT_KEYS}
-            ids = json.loads((handle.metadata() or {}).get("sample_ids", "[]"))
-    except SafetensorError as exc:
-        raise MMFuseError(f"{path} is not a readable safetensors file ({exc}); rerun the preprocess stage.") from exc
-    tensors["mask"] = tensors["mask"].bool()
-    return Split(tensors, ids)
+    """Open `<processed_dir>/<split>/`; a missing or broken index or shard is a clear MMFuseError."""
+    sharded = ShardedSplit.open(split_dir(processed_dir, split))
+    return Split(sharded, sharded.sample_ids)
 
 
 def load_meta(processed_dir: Path) -> dict[str, Any]:
@@ -88,5 +136,5 @@ def vocab_size(meta: dict[str, Any]) -> int:
 
 
 def sample_shapes(split: Split) -> dict[str, list[int]]:
-    """Per-sample input shape of each modality, read from the tensors themselves."""
-    return {m: list(split.tensors[m].shape[1:]) for m in MODALITIES}
+    """Per-sample input shape of each modality."""
+    return split.shapes()

@@ -35,8 +35,7 @@ def subset_scores(model: MultimodalClassifier, split: Split, batch_size: int) ->
         correct = (logits.argmax(dim=1) == labels).sum().double()
         totals[key] += torch.stack([loss, correct, torch.tensor(labels.numel(), dtype=torch.float64)])
 
-    for start in range(0, len(split), batch_size):
-        batch = split.batch(torch.arange(start, min(start + batch_size, len(split))))
+    for batch in split.in_order(batch_size):
         present = model.presence(batch)
         emb = model.encode(batch, present)
         labels = batch["label"]

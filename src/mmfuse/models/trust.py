@@ -349,18 +349,23 @@ class Encoded:
         rows = self.present[:, column]
         return trust_features(modality, self.embeddings[rows, column], self.inputs[modality][rows])
 
+    def labelled(self, modalities: tuple[str, ...], labels: torch.Tensor) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per modality: the trust features of the samples carrying it, and their labels (`fit_trust`'s train)."""
+        return {m: (self.features(i, m), labels[self.present[:, i]].numpy()) for i, m in enumerate(modalities)}
+
 
 def fit_trust(
-    modalities: tuple[str, ...], train: Encoded, labels: torch.Tensor, val: Encoded, false_alarm: float
+    modalities: tuple[str, ...], train: dict[str, tuple[np.ndarray, np.ndarray]], val: Encoded, false_alarm: float
 ) -> Trust:
-    """Fit every modality's trust on train (class statistics, with `labels`) and val (the ranking);
+    """Fit every modality's trust on train (class statistics from `train[m]`: the trust features of
+    the train samples carrying m and their labels, `Encoded.labelled`) and val (the ranking);
     no gate yet (`fit_gate` needs the model's answers on corrupted samples)."""
     per_modality = {}
     for i, m in enumerate(modalities):
-        if not bool(train.present[:, i].any()) or not bool(val.present[:, i].any()):
+        features, labels = train[m]
+        if not len(features) or not bool(val.present[:, i].any()):
             raise MMFuseError(f"trust: no {m} in train or val to fit its trust on.")
-        rows = train.present[:, i]
-        per_modality[m] = fit_modality(train.features(i, m), labels[rows].numpy(), val.features(i, m))
+        per_modality[m] = fit_modality(features, labels, val.features(i, m))
     return Trust(modalities, per_modality, 1.0 - false_alarm)
 
 

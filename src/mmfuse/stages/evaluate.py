@@ -43,7 +43,7 @@ from mmfuse.io import atomic_file, write_json
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import WEIGHTS
 from mmfuse.models.classifier import MultimodalClassifier
-from mmfuse.models.data import load_split, split_path
+from mmfuse.models.data import has_split, load_split
 from mmfuse.models.determinism import deterministic
 from mmfuse.models.trust import GATE_FEATURES, METHODS, Trust, save_trust
 from mmfuse.params import load_params
@@ -115,7 +115,7 @@ def _extra_test(
 ) -> dict[str, Any]:
     """Every figure on the optional test split `name` (EXTRA_TESTS):
     {count, fused_accuracy, subsets, served: {accuracy per trust method, set_aside}}, or {} without it."""
-    if not split_path(processed, name).exists():
+    if not has_split(processed, name):
         return {}
     split = load_split(processed, name)
     subsets = evaluate_subsets(models, split)

@@ -20,7 +20,7 @@ from mmfuse.stages import console, stage_cli
 
 
 def run(*, raw: Path, out: Path, data: DataParams, params: PreprocessParams) -> dict[str, Any]:
-    """Preprocess the dataset under `raw` into `out` (train/val/test.safetensors, meta.json, dedup_report.json)."""
+    """Preprocess the dataset under `raw` into `out` (a folder of shards per split, meta.json, dedup_report.json)."""
     return build_processed(dataset_manifest(data, raw), out, params)
 
 

@@ -38,7 +38,7 @@ from mmfuse.inference import registry
 from mmfuse.inference.log import LogLocation, ShadowEvidence, log_path, shadow_evidence
 from mmfuse.io import write_json
 from mmfuse.models.artifact import CALIBRATION, REFERENCE_FILE, WEIGHTS, read_temperature
-from mmfuse.models.data import split_path
+from mmfuse.models.data import has_split
 from mmfuse.models.trust import TRUST
 from mmfuse.params import load_params
 from mmfuse.params.evaluate import EvaluateParams
@@ -473,7 +473,7 @@ def main(
         scorer=split_scorer(processed, calibration, params.evaluate, raw_manifest),
         recent_scorer=(
             split_scorer(processed, calibration, params.evaluate, raw_manifest, RECENT_SPLIT)
-            if split_path(processed, RECENT_SPLIT).exists()
+            if has_split(processed, RECENT_SPLIT)
             else None
         ),
         reference=reference,

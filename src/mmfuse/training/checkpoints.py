@@ -17,7 +17,7 @@ import torch
 
 from mmfuse.io import atomic_file
 from mmfuse.models.classifier import ModelSpec
-from mmfuse.models.data import split_path
+from mmfuse.models.data import split_files
 from mmfuse.params.train import TrainParams
 
 CHECKPOINT = "checkpoint.pt"
@@ -32,7 +32,7 @@ def fingerprint(spec: ModelSpec, params: TrainParams, processed_dir: Path, sourc
     digest = hashlib.sha256()
     digest.update(code.encode())
     digest.update(json.dumps([spec.model_dump(mode="json"), params.model_dump(mode="json")], sort_keys=True).encode())
-    for path in [split_path(processed_dir, "train"), split_path(processed_dir, "val"), *sources]:
+    for path in [*split_files(processed_dir, "train"), *split_files(processed_dir, "val"), *sources]:
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
