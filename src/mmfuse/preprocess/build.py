@@ -16,6 +16,7 @@ order, and JSON is written with sorted keys.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,12 +53,17 @@ _MAX_LISTED_ERRORS = 10
 Record = tuple[str, str, str, str]  # sample_id, image path, audio path, text, as in the manifest ("" = absent)
 
 
-def analyse_records(records: list[Record], root: Path, params: PreprocessParams) -> dict[str, Any]:
-    """Featurise a chunk of records (runs in a worker): un-normalised features,
-    content hashes and near-duplicate signatures, plus one message per bad record.
+def analyse_records(
+    records: list[Record], root: Path, params: PreprocessParams, spill: Spill, chunk: int
+) -> dict[str, Any]:
+    """Featurise chunk `chunk` of the records (runs in a worker): un-normalised features and
+    their moments, written to `spill` here, and returned: content hashes and near-duplicate
+    signatures, plus one message per bad record.
 
     Media are read here too (from the packed shards, or checking loose paths stay inside
-    `root`), so that work is spread over the cores.
+    `root`), and features written here, so that work is spread over the cores and only
+    fingerprints travel back: sending the features to the stage's process and writing them
+    there cost it about a core of its own.
     """
     n, size, audio = len(records), params.image.size, params.audio
     cells = params.dedup.grid**2
@@ -98,6 +104,7 @@ def analyse_records(records: list[Record], root: Path, params: PreprocessParams)
                 out["present"][k, 2] = True
         except MMFuseError as exc:  # MediaError, or ManifestError for a path leaving the root
             out["errors"].append(f"{sample_id}: {exc}")
+    spill.put(chunk, out)
     return out
 
 
@@ -133,7 +140,7 @@ def _ordered_records(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Record]]:
 
 class Spill:
     """Every chunk's image and audio features (un-normalised) and their per-record moments, in
-    files until the splits are written.
+    files until the splits are written: the workers write them (`put`), the stage reads them.
 
     The normalisation needs train statistics, and those need deduplication over every record
     first, so features wait somewhere: on disk, not in memory, which held 3.7 GB at 100,000
@@ -154,9 +161,14 @@ class Spill:
         self._cached: dict[str, tuple[int, np.ndarray]] = {}
 
     def put(self, chunk: int, result: dict[str, Any]) -> None:
-        """Move the features out of a chunk's `result` into files."""
+        """Move the features out of a chunk's `result` into files (each written whole, then renamed:
+        a task Dask reruns after a lost worker never leaves half a file behind)."""
         for key in self.shapes:
-            np.save(self.folder / f"{chunk:05d}-{key}.npy", result.pop(key), allow_pickle=False)
+            target = self.folder / f"{chunk:05d}-{key}.npy"
+            partial = target.with_name(f".{target.name}.{os.getpid()}")
+            with open(partial, "wb") as handle:
+                np.save(handle, result.pop(key), allow_pickle=False)
+            os.replace(partial, target)
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         """[len(rows), *shape]: the values `key` of records `rows` (ascending), a fresh copy."""
@@ -189,20 +201,21 @@ class Spill:
 
 
 def _analyse_all(records: list[Record], root: Path, params: PreprocessParams, spill: Spill) -> dict[str, Any]:
-    """Run `analyse_records` over fixed chunks as Dask tasks, with a progress bar; features go
-    to `spill` as results arrive, the per-record fingerprints are copied into place."""
+    """Run `analyse_records` over fixed chunks as Dask tasks, with a progress bar; the workers
+    write features to `spill`, the per-record fingerprints they return are copied into place."""
     size = params.chunk_size
     chunks = [records[i : i + size] for i in range(0, len(records), size)]
     merged: dict[str, Any] = {"errors": []}
     with dask_client(params.workers) as client:
-        futures = {client.submit(analyse_records, chunk, root, params, pure=False): i for i, chunk in enumerate(chunks)}
+        futures = {
+            client.submit(analyse_records, part, root, params, spill, i, pure=False): i for i, part in enumerate(chunks)
+        }
         columns = (TextColumn("preprocess"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns) as progress:
             task = progress.add_task("records", total=len(records))
             for future in as_completed(futures):
                 index, result = futures.pop(future), future.result()
                 future.release()  # the worker may drop its copy now
-                spill.put(index, result)
                 start = index * size
                 for key, part in result.items():
                     if key == "errors":
