@@ -58,7 +58,10 @@ def test_an_external_cluster_gives_the_local_clusters_bytes(scheduler, tiny_data
     before = _tasks_run(scheduler)
     build_processed(tiny_dataset, tmp_path / "remote", PARAMS)
     records = len(tiny_dataset.read_text().splitlines()) - 1
-    assert _tasks_run(scheduler) - before == -(-records // PARAMS.chunk_size)  # every chunk ran there
+    shards = len(list((tmp_path / "remote").rglob("*.safetensors")))
+    assert (
+        _tasks_run(scheduler) - before == -(-records // PARAMS.chunk_size) + shards
+    )  # every chunk and shard ran there
     local, remote = tree_files(tmp_path / "local"), tree_files(tmp_path / "remote")
     assert sorted(local) == sorted(remote) and "train/00000.safetensors" in local
     for name, content in local.items():

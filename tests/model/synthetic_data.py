@@ -42,6 +42,6 @@ def write_split(
     """`tensors` as the processed split `split` of `processed`, by the preprocess stage's writer."""
     folder = split_dir(processed, split)
     arrays = {key: value.numpy() for key, value in tensors.items()}
+    write_index(folder, ids, {key: value[:0] for key, value in arrays.items()}, shard_rows)
     for number, start in enumerate(range(0, len(ids), shard_rows)):
         write_shard(folder, number, {key: value[start : start + shard_rows] for key, value in arrays.items()})
-    write_index(folder, ids, {key: value[:0] for key, value in arrays.items()}, shard_rows)

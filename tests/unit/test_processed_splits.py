@@ -31,9 +31,9 @@ def _arrays(count: int) -> dict[str, np.ndarray]:
 def written(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     arrays = _arrays(ROWS)
     folder = split_dir(tmp_path, "train")
+    write_index(folder, [f"s{i:02d}" for i in range(ROWS)], {key: value[:0] for key, value in arrays.items()}, SHARD)
     for number, start in enumerate(range(0, ROWS, SHARD)):
         write_shard(folder, number, {key: value[start : start + SHARD] for key, value in arrays.items()})
-    write_index(folder, [f"s{i:02d}" for i in range(ROWS)], {key: value[:0] for key, value in arrays.items()}, SHARD)
     return tmp_path, arrays
 
 

@@ -20,9 +20,7 @@ import torch
 
 from mmfuse.errors import MMFuseError
 from mmfuse.modality import MODALITIES
-from mmfuse.preprocess.processed import INDEX, KEYS, ShardedSplit, shard_name, split_dir
-
-SPLIT_KEYS = KEYS
+from mmfuse.preprocess.processed import INDEX, ShardedSplit, shard_name, split_dir
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ class Split:
 def split_files(processed_dir: Path, split: str) -> list[Path]:
     """The files of a processed split (its index, then its shards): what a checkpoint's fingerprint hashes."""
     folder = split_dir(processed_dir, split)
-    return [folder / INDEX, *(folder / shard_name(k) for k in range(len(ShardedSplit.open(folder).offsets) - 1))]
+    return [folder / INDEX, *(folder / shard_name(k) for k in range(ShardedSplit.open(folder).shards))]
 
 
 def has_split(processed_dir: Path, split: str) -> bool:

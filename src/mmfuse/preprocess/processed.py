@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,20 +49,22 @@ def shard_name(number: int) -> str:
 
 
 def write_shard(folder: Path, number: int, arrays: dict[str, np.ndarray]) -> None:
-    """Shard `number` of a split being written into `folder` (rows number * shard_rows on, see `write_index`)."""
+    """Shard `number` of a split being written into `folder` (rows number * shard_rows on, see
+    `write_index`). The folder must exist: a writer whose output was abandoned (a failed stage
+    removed its staging folder) fails instead of leaving a new one behind."""
     missing = sorted(set(KEYS) - set(arrays))
     if missing:
         raise MMFuseError(f"a processed shard needs {list(KEYS)}; {missing} missing.")
     rows = {len(array) for array in arrays.values()}
     if len(rows) != 1 or not rows.pop():
         raise MMFuseError("a processed shard holds at least one row, as many for every key.")
-    folder.mkdir(parents=True, exist_ok=True)
     save_file({key: np.ascontiguousarray(arrays[key]) for key in KEYS}, folder / shard_name(number))
 
 
 def write_index(folder: Path, sample_ids: list[str], rows: dict[str, np.ndarray], shard_rows: int = SHARD_ROWS) -> None:
-    """The split's index, written after its shards (every shard but the last holds `shard_rows`
-    rows); `rows` gives each key's row shape and dtype (one row of each, or an empty array)."""
+    """The split's index, written first: it creates the split's folder that `write_shard` writes
+    into (every shard but the last holds `shard_rows` rows); `rows` gives each key's row shape and
+    dtype (one row of each, or an empty array)."""
     folder.mkdir(parents=True, exist_ok=True)
     write_json(
         folder / INDEX,
@@ -151,10 +152,9 @@ class ShardedSplit:
     def __len__(self) -> int:
         return len(self.sample_ids)
 
-    @cached_property
-    def offsets(self) -> np.ndarray:
-        """[shards + 1] the first row of each shard, then the row count."""
-        return np.append(np.arange(0, len(self), self.shard_rows), len(self))
+    @property
+    def shards(self) -> int:
+        return -(-len(self) // self.shard_rows)
 
     def read(self, rows: np.ndarray, keys: tuple[str, ...] = KEYS) -> dict[str, np.ndarray]:
         """The tensors `keys` of `rows` (any order, repeats allowed), in that order."""
