@@ -15,7 +15,7 @@ and its children, Dask workers and torchrun ranks included, sampled every 0.1 s)
 - evaluation: that model scored on the test split (`score_artifact`, as the evaluate and
   promote stages score models).
 
-Needs the sources (`mmfuse fetch`, or $MMFUSE_DATA_MIRROR). Takes about 30 minutes for the
+Needs the sources (`mmfuse fetch`, or $MMFUSE_DATA_MIRROR). Takes about 12 minutes for the
 three sizes on 2 cores. Writes benchmarks/results/scale.json: per size and step the figures,
 `rss_ratio_100k_over_10k` (the largest over steps of peak RSS at 100k / at 10k),
 `preprocess_speedup_2_workers` (at the largest size), `noop_repro_s_10k` and `noop_repro_s_100k`.
