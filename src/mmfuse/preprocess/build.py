@@ -145,8 +145,10 @@ class Spill:
     The normalisation needs train statistics, and those need deduplication over every record
     first, so features wait somewhere: on disk, not in memory, which held 3.7 GB at 100,000
     samples (benchmarks/results/scale.json). One chunk per file, in the chunk order of
-    `_analyse_all`; `take` and `summed` read the chunks rows fall in, the last one cached
-    (splits are written in row order, so each chunk is read about once).
+    `_analyse_all`; `take` and `summed` read each chunk the rows fall in once per call. Nothing
+    is cached between calls: Dask keeps a task's arguments while its result is held, and a
+    cached chunk in each shard task's copy of the spill grew a worker by ~6 MB a shard
+    (578 MB at the 49 shards of 100,000 samples).
     """
 
     def __init__(self, folder: Path, params: PreprocessParams) -> None:
@@ -158,7 +160,6 @@ class Spill:
             "image_moments": ((2,), np.float64),
             "audio_moments": ((2, n_mels), np.float64),
         }
-        self._cached: dict[str, tuple[int, np.ndarray]] = {}
 
     def put(self, chunk: int, result: dict[str, Any]) -> None:
         """Move the features out of a chunk's `result` into files (each written whole, then renamed:
@@ -192,12 +193,8 @@ class Spill:
         chunk_of = rows // self.chunk_size
         for chunk in np.unique(chunk_of):
             held = chunk_of == chunk
-            yield held, self._chunk(key, int(chunk))[rows[held] - chunk * self.chunk_size]
-
-    def _chunk(self, key: str, chunk: int) -> np.ndarray:
-        if self._cached.get(key, (-1,))[0] != chunk:
-            self._cached[key] = (chunk, np.load(self.folder / f"{chunk:05d}-{key}.npy", allow_pickle=False))
-        return self._cached[key][1]
+            values = np.load(self.folder / f"{int(chunk):05d}-{key}.npy", allow_pickle=False)
+            yield held, values[rows[held] - chunk * self.chunk_size]
 
 
 def _progress(step: str) -> Progress:
@@ -328,6 +325,7 @@ def _write_splits(
         task = progress.add_task("records", total=int(keep.sum()))
         for future in as_completed(futures):
             progress.advance(task, future.result())
+            future.release()  # the worker may drop the task and its arguments now
     return counts
 
 
