@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, make_split, write_split
+from processed_data import write_split
+from synthetic_data import FRAMES, IMAGE, MELS, N_CLASSES, TEXT_LEN, make_split
 
 from mmfuse.params.train import ArchParams, AugmentParams, EncoderParams, TrainParams
 
@@ -18,7 +19,7 @@ def processed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for offset, (split, count) in enumerate((("train", 256), ("val", 64), ("test", 96))):
         tensors = make_split(count, seed=offset)
         ids = [f"{split}-{i:04d}" for i in range(count)]
-        write_split(root, split, tensors, ids, shard_rows=100)
+        write_split(root, split, {key: value.numpy() for key, value in tensors.items()}, ids, shard_rows=100)
     meta = {
         "labels": [f"class{i}" for i in range(N_CLASSES)],
         "vocab": {"level": "char", "tokens": ["<pad>", "<unk>", *"abcdefghij"]},

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-
-from mmfuse.preprocess.processed import SHARD_ROWS, split_dir, write_index, write_shard
 
 N_CLASSES = 4
 IMAGE, MELS, FRAMES, TEXT_LEN, VOCAB = 8, 8, 16, 6, 12
@@ -34,14 +30,3 @@ def make_split(count: int, seed: int) -> dict[str, torch.Tensor]:
     mask = torch.ones(count, 3, dtype=torch.bool)
     mask[::7, 2] = False  # some samples lack text, as in avdigits (empty transcripts)
     return {"image": image, "audio": audio, "text": text, "mask": mask, "label": label}
-
-
-def write_split(
-    processed: Path, split: str, tensors: dict[str, torch.Tensor], ids: list[str], shard_rows: int = SHARD_ROWS
-) -> None:
-    """`tensors` as the processed split `split` of `processed`, by the preprocess stage's writer."""
-    folder = split_dir(processed, split)
-    arrays = {key: value.numpy() for key, value in tensors.items()}
-    write_index(folder, ids, {key: value[:0] for key, value in arrays.items()}, shard_rows)
-    for number, start in enumerate(range(0, len(ids), shard_rows)):
-        write_shard(folder, number, {key: value[start : start + shard_rows] for key, value in arrays.items()})

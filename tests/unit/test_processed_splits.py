@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from processed_data import write_split
 
 from mmfuse.errors import MMFuseError
 from mmfuse.models.data import load_split, split_files
-from mmfuse.preprocess.processed import INDEX, ShardedSplit, split_dir, write_index, write_shard
+from mmfuse.preprocess.processed import INDEX, ShardedSplit, split_dir, write_shard
 
 ROWS, SHARD = 23, 5
 
@@ -30,10 +31,7 @@ def _arrays(count: int) -> dict[str, np.ndarray]:
 @pytest.fixture
 def written(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     arrays = _arrays(ROWS)
-    folder = split_dir(tmp_path, "train")
-    write_index(folder, [f"s{i:02d}" for i in range(ROWS)], {key: value[:0] for key, value in arrays.items()}, SHARD)
-    for number, start in enumerate(range(0, ROWS, SHARD)):
-        write_shard(folder, number, {key: value[start : start + SHARD] for key, value in arrays.items()})
+    write_split(tmp_path, "train", arrays, [f"s{i:02d}" for i in range(ROWS)], SHARD)
     return tmp_path, arrays
 
 

@@ -91,12 +91,6 @@ class Split:
         index = keep.nonzero().squeeze(1)
         return Split(self.source, [self.sample_ids[i] for i in index.tolist()], self._source_rows(index))
 
-    def shapes(self) -> dict[str, list[int]]:
-        """Per-sample input shape of each modality."""
-        if isinstance(self.source, dict):
-            return {m: list(self.source[m].shape[1:]) for m in MODALITIES}
-        return {m: list(self.source.shapes[m][0]) for m in MODALITIES}
-
 
 def split_files(processed_dir: Path, split: str) -> list[Path]:
     """The files of a processed split (its index, then its shards): what a checkpoint's fingerprint hashes."""
@@ -134,5 +128,7 @@ def vocab_size(meta: dict[str, Any]) -> int:
 
 
 def sample_shapes(split: Split) -> dict[str, list[int]]:
-    """Per-sample input shape of each modality."""
-    return split.shapes()
+    """Per-sample input shape of each modality, from the tensors (or the shards' index) themselves."""
+    if isinstance(split.source, dict):
+        return {m: list(split.source[m].shape[1:]) for m in MODALITIES}
+    return {m: list(split.source.shapes[m][0]) for m in MODALITIES}
