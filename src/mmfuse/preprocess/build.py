@@ -283,20 +283,12 @@ def shard_tensors(
     return {"image": image[:, None], "audio": audio, "text": text, "mask": present, "label": labels}
 
 
-def write_part(
-    folder: Path,
-    number: int,
-    spill: Spill,
-    rows: np.ndarray,
-    present: np.ndarray,
-    texts: list[str | None],
-    labels: np.ndarray,
-    state: PreprocessState,
-) -> int:
-    """Shard `number` of a split into `folder` (runs in a worker; the rest as `shard_tensors`);
-    returns its row count."""
-    write_shard(folder, number, shard_tensors(spill, rows, present, texts, labels, state))
-    return len(rows)
+def write_part(folder: Path, number: int, *arguments: Any) -> int:
+    """Shard `number` of a split into `folder` (runs in a worker); `arguments` are `shard_tensors`'
+    (the spill, the rows, ...). Returns the shard's row count."""
+    tensors = shard_tensors(*arguments)
+    write_shard(folder, number, tensors)
+    return len(tensors["label"])
 
 
 def _write_splits(
