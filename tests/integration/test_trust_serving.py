@@ -20,12 +20,12 @@ def _trust(
 ) -> Trust:
     """A trust under which every input of the `unusual` modalities scores 1 (more unusual than all of val);
     with `reliability`, served `weighted`: each modality weighed by that constant chance (slope 0), except
-    the `far` ones, whose gate reads every input as far beyond training (weight about 0)."""
+    the `far` ones, whose gate reads every input's head as far less sure than in training (weight about 0)."""
     model, _ = load_model(artifact)
     classes, dim = model.spec.n_classes, model.spec.arch.embed_dim
 
     def fitted(m: str) -> ModalityTrust:
-        size = dim + (2 if m == "text" else 3)  # the embedding and the input statistics (`input_features`)
+        size = dim + (2 if m == "text" else 5)  # the embedding and the input statistics (`input_features`)
         return ModalityTrust(np.zeros((classes, size)), np.eye(size), np.array([0.0 if m in unusual else 1e12]))
 
     per_modality = {m: fitted(m) for m in model.spec.modalities}
@@ -33,8 +33,8 @@ def _trust(
         return Trust(model.spec.modalities, per_modality, 0.99)
     modalities = model.spec.modalities
     chance = np.array([reliability.get(m, 1.0 - 1e-12) for m in modalities])
-    centre = np.array([[-1e3 if m in far else 0.0, 0.0] for m in modalities])
-    slope = np.array([[1.0 if m in far else 0.0, 0.0] for m in modalities])
+    centre = np.array([[0.0, -1e3 if m in far else 0.0] for m in modalities])
+    slope = np.array([[0.0, 1.0 if m in far else 0.0] for m in modalities])
     return Trust(modalities, per_modality, 0.99, Gate(centre, np.log(chance / (1 - chance)), slope), "weighted")
 
 
@@ -69,11 +69,13 @@ def test_a_weighed_modality_pulls_the_answer_only_as_far_as_it_is_believed(artif
     without, _ = _answer(Predictor(artifact, "test"), RawSample(audio=wav(), text="three"))
     save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}))
     scores, answer = _answer(Predictor(artifact, "test"), sample)
-    assert answer.trust["image"].weight == pytest.approx(0.3) and answer.trust["audio"].weight == pytest.approx(1.0)
-    expected = 0.3 * everything.probabilities.double() + 0.7 * without.probabilities.double()
+    believed = answer.trust["image"].weight  # the prior 0.3, moved by how well the image agrees with the others
+    assert 0.0 < believed < 1.0 and believed != pytest.approx(0.3) and answer.trust["audio"].weight == pytest.approx(1.0)
+    expected = believed * everything.probabilities.double() + (1 - believed) * without.probabilities.double()
     assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
     assert float(scores.probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
-    assert answer.modalities_set_aside == []  # weak, but as weak as a typical image: used, not set aside
+    # set aside only when believed less than half as much as a typical image (its prior, 0.3)
+    assert answer.modalities_set_aside == (["image"] if believed < 0.5 * 0.3 else [])
     save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}, far={"image"}))
     scores, answer = _answer(Predictor(artifact, "test"), sample)
     assert answer.modalities_set_aside == ["image"] and answer.trust["image"].weight == pytest.approx(0.0)

@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmfuse.models.trust import Assessment, Encoded, fit_gate, fit_trust, gate_features, mixture, subset_bits
+from mmfuse.models.trust import (
+    Assessment,
+    Encoded,
+    fit_gate,
+    fit_trust,
+    gate_features,
+    mixture,
+    subset_bits,
+    subset_evidence,
+    subset_posterior,
+)
 
 MODALITIES = ("image", "audio", "text")
 
@@ -94,15 +104,54 @@ def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sen
     trusted = torch.ones(n, 3, dtype=torch.bool)
     features = gate_features(distances, torch.zeros(n, 3, classes))  # the energy says nothing here: all heads flat
     gate = fit_gate(features, trusted, log_probs, labels, np.zeros((3, 2)))
-    assert gate.slope[0, 0] > 1.0  # the image is doubted the further it lies
+    assert gate.slope[0, 0] > 1.0  # the image is doubted the further it lies ...
+    assert gate.slope[1, 0] == gate.slope[2, 0] == gate.slope[0, 0]  # ... and so would audio and text be
     with torch.inference_mode():  # callers evaluate in inference mode: the fit still has its gradients
         again = fit_gate(features, trusted, log_probs, labels, np.zeros((3, 2)))
     assert np.array_equal(again.slope, gate.slope) and np.array_equal(again.bias, gate.bias)
     reliability = gate.reliability(features)
-    assert float(reliability[broken, 0].max()) < 0.2 < 0.8 < float(reliability[~broken, 0].median())
+    assert float(reliability[broken, 0].quantile(0.99)) < 0.2 < 0.8 < float(reliability[~broken, 0].median())
     mixed = mixture(log_probs, torch.where(trusted, reliability, 0.0)).argmax(dim=1)
     trusting = log_probs[:, 7].argmax(dim=1)
     assert float((mixed == labels).double().mean()) > float((trusting == labels).double().mean()) + 0.15
+
+
+def test_heads_that_agree_are_evidence_for_each_other_and_a_dissenter_loses_belief() -> None:
+    sure = torch.tensor([[8.0, 0.0, 0.0, 0.0], [0.0, 8.0, 0.0, 0.0]])  # logits naming class 0 / class 1
+    agree = torch.stack([sure[0], sure[0], sure[0]]).unsqueeze(0)  # [1, 3, 4]: all name class 0
+    dissent = torch.stack([sure[0], sure[1], sure[0]]).unsqueeze(0)  # audio names class 1
+    evidence = subset_evidence(torch.cat([agree, dissent]))
+    assert torch.allclose(evidence[:, [0, 0b001, 0b010, 0b100]], torch.zeros(2, 4, dtype=torch.float64))
+    assert float(evidence[0, 0b011]) > 1.0 and float(evidence[1, 0b011]) < -1.0  # image+audio: agree, then not
+    assert float(evidence[1, 0b101]) == float(evidence[0, 0b101]) > 1.0  # image+text agree either way
+    prior = torch.full((2, 3), 0.9, dtype=torch.float64)
+    believed = subset_posterior(prior, evidence) @ subset_bits(3).double()
+    assert float(believed[0, 1]) > 0.9 > 0.5 > float(believed[1, 1])  # the dissenting audio is doubted
+    assert torch.allclose(subset_posterior(prior), subset_posterior(prior, torch.zeros(2, 8)))
+    only_audio = torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64)  # a lone input: nothing to disagree with
+    assert torch.allclose(subset_posterior(only_audio, evidence[1:]), subset_posterior(only_audio))
+
+
+def test_torn_frames_are_unlike_training_even_when_level_and_spread_are_typical() -> None:
+    """Audio whose frames alternate with lost ones: the inputs' mean and spread stay those of
+    training, only the roughness along frames betrays it (and only if the covariance's ridge
+    does not drown a statistic that varies little)."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 4, (5, 16))
+    train_labels, val_labels, test_labels = (rng.integers(0, 5, n) for n in (4000, 2000, 2000))
+    splits = [_split(rng, labels, centres) for labels in (train_labels, val_labels, test_labels)]
+    for split in splits:  # smooth, quiet clips: each band slowly varying over time, all far smaller than the embedding
+        n = split.embeddings.shape[0]
+        steps = torch.from_numpy(rng.normal(0, 0.001, (n, 4, 10))).float()
+        split.inputs["audio"] = steps.cumsum(dim=2) + torch.from_numpy(rng.normal(0, 0.01, (n, 4, 1))).float()
+    train, val, test = splits
+    trust = fit_trust(MODALITIES, train.labelled(MODALITIES, torch.from_numpy(train_labels)), val, 0.01)
+    torn = test.inputs["audio"].clone()
+    torn[:, :, 1::2] = torn[:, :, 1::2].flip(0)  # every other frame from another clip: same level and spread
+    clean = trust.assess(test.embeddings, test.present, test.inputs, _aux(test)).trusted[:, 1]
+    test.inputs["audio"] = torn
+    broken = trust.assess(test.embeddings, test.present, test.inputs, _aux(test)).trusted[:, 1]
+    assert float(clean.double().mean()) > 0.95 and float(broken.double().mean()) < 0.05
 
 
 def test_an_answer_always_names_an_input_it_used_even_when_every_one_is_doubted() -> None:
@@ -112,7 +161,8 @@ def test_an_answer_always_names_an_input_it_used_even_when_every_one_is_doubted(
     reliability = torch.tensor([[0.0, 0.0, 0.1], [0.2, 0.3, 0.0], [0.9, 0.1, 0.9]], dtype=torch.float64)
     typical = torch.tensor([0.5, 0.9, 0.9], dtype=torch.float64)
     nan = torch.full(present.shape, torch.nan, dtype=torch.float64)
-    assessment = Assessment(present, nan, present, nan.unsqueeze(2), reliability, typical)
+    no_evidence = torch.zeros(3, 8, dtype=torch.float64)
+    assessment = Assessment(present, nan, present, nan.unsqueeze(2), reliability, typical, no_evidence)
     used = assessment.used("weighted")
     assert used.tolist() == [[False, False, True], [True, False, False], [True, False, True]]
     assert not (used & ~present).any()

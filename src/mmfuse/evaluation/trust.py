@@ -18,7 +18,7 @@ from mmfuse.evaluation.corruption import RawSplit, one_corrupted, split_rows
 from mmfuse.evaluation.predict import FUSED, accuracy, embeddings
 from mmfuse.models.classifier import MultimodalClassifier
 from mmfuse.models.data import Split, load_split
-from mmfuse.models.trust import METHODS, Encoded, Trust, fit_gate, fit_trust, mixture, subset_log_probs
+from mmfuse.models.trust import METHODS, Encoded, Trust, fit_gate, fit_trust, subset_log_probs
 from mmfuse.params.evaluate import EvaluateParams
 from mmfuse.preprocess.state import PreprocessState
 
@@ -75,6 +75,7 @@ def fit_on_splits(
         torch.cat([lp for _, lp in parts]),
         torch.cat([val.tensors["label"], *(tensors["label"] for tensors in val_corrupted)]),
         np.nanmedian(clean_features, axis=0),
+        torch.cat([a.evidence for a, _ in parts]),
     )
     return dataclasses.replace(trust, gate=gate, method=method)
 
@@ -134,7 +135,7 @@ def trust_methods(
     log_probs, aux = subset_log_probs(model, emb, temperature)
     assessment = trust.assess(emb, present, inputs, aux)
     names = [name for name in METHODS if name != FUSED and (name != "weighted" or trust.gate is not None)]
-    return {name: mixture(log_probs, assessment.weights(name)) for name in names}
+    return {name: assessment.answer(name, log_probs) for name in names}
 
 
 def served_results(

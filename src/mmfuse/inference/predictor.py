@@ -18,7 +18,7 @@ from mmfuse.errors import MediaError, MMFuseError, NonFiniteError
 from mmfuse.inference.log import LogRecord, input_statistics
 from mmfuse.modality import MODALITIES
 from mmfuse.models.artifact import load_model, read_temperature
-from mmfuse.models.trust import TRUST, Trust, load_trust, mixture, subset_log_probs
+from mmfuse.models.trust import TRUST, Trust, load_trust, subset_log_probs
 from mmfuse.preprocess.sample import preprocess_sample
 from mmfuse.preprocess.state import PreprocessState
 
@@ -186,8 +186,8 @@ class Predictor:
                 log_probs, aux = subset_log_probs(self.model, embedding, self.temperature)
                 assessment = self.trust.assess(embedding, present, batch, aux)
                 scores, trusted = assessment.scores, assessment.used(self.trust.method)
-                weight = assessment.weights(self.trust.method)
-                probabilities = mixture(log_probs, weight).exp().float()
+                weight = assessment.believed(self.trust.method)
+                probabilities = assessment.answer(self.trust.method, log_probs).exp().float()
             unimodal = torch.softmax(aux, dim=2)
         return [
             Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i], weight[i].double())
