@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,8 @@ def test_a_weighed_modality_pulls_the_answer_only_as_far_as_it_is_believed(artif
     save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.3}))
     scores, answer = _answer(Predictor(artifact, "test"), sample)
     believed = answer.trust["image"].weight  # the prior 0.3, moved by how well the image agrees with the others
-    assert 0.0 < believed < 1.0 and believed != pytest.approx(0.3) and answer.trust["audio"].weight == pytest.approx(1.0)
+    assert 0.0 < believed < 1.0 and believed != pytest.approx(0.3)
+    assert answer.trust["audio"].weight == pytest.approx(1.0)
     expected = believed * everything.probabilities.double() + (1 - believed) * without.probabilities.double()
     assert torch.allclose(scores.probabilities.double(), expected, atol=1e-5)
     assert float(scores.probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
@@ -105,3 +107,26 @@ def test_trust_files_round_trip_byte_identically_and_refuse_garbage(artifact: Pa
     (tmp_path / "bad.safetensors").write_bytes(b"not a trust file")
     with pytest.raises(MMFuseError, match="not a readable trust file"):
         load_trust(tmp_path / "bad.safetensors")
+
+
+def test_the_note_says_whether_a_modality_looked_unreliable_alone_or_was_contradicted(artifact: Path) -> None:
+    save_trust(artifact / TRUST, _trust(artifact, set(), {"image": 0.9}))
+    predictor = Predictor(artifact, "test")
+    prepared = predictor.prepare(RawSample(image=png(), audio=wav(), text="three"))
+    scores = predictor.forward([prepared])[0]
+    unimodal = scores.unimodal.clone()
+    unimodal[0] = torch.nn.functional.one_hot(torch.tensor(1), unimodal.shape[1]).float()  # the image reads label 1
+    doubted = dataclasses.replace(
+        scores,
+        unimodal=unimodal,
+        trusted=torch.tensor([False, True, True]),
+        weight=torch.tensor([0.02, 1.0, 1.0], dtype=torch.float64),
+    )
+    label = predictor.labels[1]
+    contradicted = predictor.explain(prepared, dataclasses.replace(doubted, alone=torch.ones(3)), "r1")
+    assert contradicted.modalities_set_aside == ["image"]
+    assert contradicted.notes == [
+        f"image set aside: it reads {label!r}, which the other inputs contradict (weighed 0.02, score 0.000)"
+    ]
+    weak = predictor.explain(prepared, dataclasses.replace(doubted, alone=torch.tensor([0.1, 1.0, 1.0])), "r1")
+    assert weak.notes == ["image set aside: weighed 0.02, far below a typical image (score 0.000)"]

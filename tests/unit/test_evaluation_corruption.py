@@ -65,7 +65,8 @@ def test_corruption_is_seeded_and_grows_with_the_level(prepared, name: str) -> N
         )
 
     assert 0 <= distance(make(low)) < distance(make(high))  # a mild level may spare all of a tiny test set
-    if name not in ("image_blur", "image_inversion", "audio_clipping"):  # these draw no randomness
+    if name not in ("image_blur", "image_inversion", "audio_clipping", "image_jpeg", "audio_bits", "text_truncation"):
+        # the others draw randomness
         assert not torch.equal(make(high, seed=0), make(high, seed=1))
 
 
@@ -97,6 +98,26 @@ def test_noise_levels_must_grow_in_severity() -> None:
     with pytest.raises(ValidationError):
         EvaluateParams(unknown=1)
     assert all(len(c.levels(RobustnessParams())) >= 6 for c in CORRUPTIONS)
+
+
+def test_falling_levels_are_checked_against_their_range() -> None:
+    with pytest.raises(ValidationError, match="image_jpeg_quality must be strictly decreasing"):
+        RobustnessParams(image_jpeg_quality=[10, 20])
+    with pytest.raises(ValidationError, match="audio_bits must lie in 1-16"):
+        RobustnessParams(audio_bits=[24, 8])
+    with pytest.raises(ValidationError, match="at most 1"):
+        RobustnessParams(text_truncation=[0.5, 1.5])
+
+
+def test_the_added_unseen_families_do_what_they_say() -> None:
+    wave = np.sin(np.linspace(0, 40, 800)).astype(np.float32) * 0.9
+    assert len(np.unique(BY_NAME["audio_bits"].fn(wave, 3, None))) <= 2**3 + 1
+    assert BY_NAME["text_truncation"].fn("seven eights", 0.5, None) == "seven "
+    grey = np.zeros((28, 28), dtype=np.float32)
+    grey[8:20, 12:16] = 1.0
+    blocky = BY_NAME["image_jpeg"].fn(grey, 3, None)
+    assert blocky.shape == grey.shape and blocky.dtype == np.float32 and 0.0 <= blocky.min() <= blocky.max() <= 1.0
+    assert 0 < float(np.abs(blocky - grey).mean()) and np.array_equal(blocky, BY_NAME["image_jpeg"].fn(grey, 3, None))
 
 
 def test_occlusion_covers_the_requested_share() -> None:

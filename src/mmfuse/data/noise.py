@@ -9,7 +9,10 @@ shifts live requests with them too. Every function takes its randomness as an ex
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+from PIL import Image
 from scipy import ndimage
 
 TYPO_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -104,3 +107,25 @@ _LOOKALIKES = dict(zip("aceopxyiABCEHKMOPTX", "асеорхуіАВСЕНКМО�
 def other_script(text: str, share: float, rng: np.random.Generator) -> str:
     """Each letter that has a Cyrillic look-alike written with it, with probability `share`."""
     return "".join(_LOOKALIKES[ch] if ch in _LOOKALIKES and rng.random() < share else ch for ch in text)
+
+
+def jpeg(grey: np.ndarray, quality: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The image saved as a JPEG of `quality` (1-95) and read back: block and ringing artefacts of a
+    camera that compresses hard; deterministic, `rng` is unused."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8)).save(
+        buffer, format="JPEG", quality=int(quality)
+    )
+    return (np.asarray(Image.open(buffer), dtype=np.float32) / 255).astype(np.float32)
+
+
+def quantise(signal: np.ndarray, bits: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Every sample rounded to one of 2^`bits` levels over [-1, 1] (a cheap converter or codec);
+    deterministic, `rng` is unused."""
+    step = 2.0 / 2 ** int(bits)
+    return np.clip(np.round(signal / step) * step, -1.0, 1.0).astype(np.float32)
+
+
+def truncate(text: str, share: float, rng: np.random.Generator | None = None) -> str:
+    """The last `share` of the characters lost (a note cut off in transit); deterministic, `rng` is unused."""
+    return text[: len(text) - int(round(len(text) * share))]

@@ -69,6 +69,7 @@ class Scores:
     trust: torch.Tensor  # [M]: each present modality's trust score (NaN where absent or without a trust model)
     trusted: torch.Tensor  # [M] bool: the present modalities the answer used (the others were set aside)
     weight: torch.Tensor  # [M]: the chance each modality is reliable, as the answer weighed it (0: not used)
+    alone: torch.Tensor  # [M]: that chance from the modality alone (before the others' agreement), over a typical one's
 
 
 class Contribution(BaseModel):
@@ -180,6 +181,7 @@ class Predictor:
             embedding = self.model.encode(batch, present)
             if self.trust is None:  # an artifact from before trust: every input is believed
                 scores, trusted, weight = torch.full(present.shape, torch.nan, dtype=torch.float64), present, present
+                alone = present.double()
                 logits, aux = self.model.fuse(embedding, present)
                 probabilities = torch.softmax(logits / self.temperature, dim=1)
             else:
@@ -187,10 +189,11 @@ class Predictor:
                 assessment = self.trust.assess(embedding, present, batch, aux)
                 scores, trusted = assessment.scores, assessment.used(self.trust.method)
                 weight = assessment.believed(self.trust.method)
+                alone = assessment.weights(self.trust.method) / assessment.typical
                 probabilities = assessment.answer(self.trust.method, log_probs).exp().float()
             unimodal = torch.softmax(aux, dim=2)
         return [
-            Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i], weight[i].double())
+            Scores(probabilities[i], unimodal[i], embedding[i], scores[i], trusted[i], weight[i].double(), alone[i])
             for i in range(len(samples))
         ]
 
@@ -231,12 +234,7 @@ class Predictor:
                 )
                 for m in sample.used
             }
-        notes = [
-            f"{m} set aside: unlike training {m}, score {trust[m].score:.3f} > {trust[m].threshold:.2f}"
-            if trust[m].score > trust[m].threshold
-            else f"{m} set aside: weighed {trust[m].weight:.2f}, far below a typical {m} (score {trust[m].score:.3f})"
-            for m in set_aside
-        ]
+        notes = [self._why_set_aside(m, trust[m], scores) for m in set_aside]
         return Prediction(
             request_id=request_id,
             label=self.labels[best],
@@ -251,6 +249,21 @@ class Predictor:
             driver=max(contributions, key=lambda m: contributions[m].share),
             model_version=self.version,
         )
+
+    def _why_set_aside(self, modality: str, trust: TrustScore, scores: Scores) -> str:
+        """Why `modality` was set aside, in words: it lies past the threshold, or it looked usual
+        alone but its head names a label the other inputs contradict, or it looked unreliable alone."""
+        index = self.modalities.index(modality)
+        if trust.score > trust.threshold:
+            return f"{modality} set aside: unlike training {modality}, score {trust.score:.3f} > {trust.threshold:.2f}"
+        if float(scores.alone[index]) >= 0.5:
+            label = self.labels[int(torch.argmax(scores.unimodal[index]))]
+            return (
+                f"{modality} set aside: it reads {label!r}, which the other inputs contradict "
+                f"(weighed {trust.weight:.2f}, score {trust.score:.3f})"
+            )
+        weighed = f"weighed {trust.weight:.2f}, far below a typical {modality}"
+        return f"{modality} set aside: {weighed} (score {trust.score:.3f})"
 
     def log_record(
         self,

@@ -43,8 +43,8 @@ randomness; the fitted arrays travel in `trust.safetensors` beside the weights.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +122,17 @@ class ModalityTrust:
         """[N] in [0, 1]: `rank` of each feature row's distance."""
         return self.rank(self.distances(features))
 
-    def farness(self, distances: np.ndarray, threshold: float) -> np.ndarray:
-        """[N] log distance in units of the way from a typical clean val input (0) to the set-aside
-        threshold's quantile of them (1): the same scale for every modality, whatever its dimension."""
+    def log_quantiles(self, threshold: float) -> tuple[float, float]:
+        """The log distances of a typical clean val input and of the `threshold` quantile of them:
+        the 0 and 1 of `farness`."""
         typical, limit = np.log(np.quantile(self.reference, [0.5, threshold]).clip(min=1e-12))
-        return (np.log(np.clip(distances, 1e-12, None)) - typical) / max(limit - typical, 1e-12)
+        return float(typical), float(limit)
+
+
+def farness(distances: torch.Tensor, typical: float, limit: float) -> torch.Tensor:
+    """Log distances in units of the way from a typical clean val input (0) to the set-aside
+    threshold (1), `ModalityTrust.log_quantiles`: the same scale for every modality, whatever its dimension."""
+    return (distances.clamp(min=1e-12).log() - typical) / max(limit - typical, 1e-12)
 
 
 def fit_modality(train: np.ndarray, labels: np.ndarray, val: np.ndarray) -> ModalityTrust:
@@ -154,7 +160,7 @@ GATE_FEATURES = ("farness", "energy")
 
 def gate_features(farness: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
     """[B, M, F] float64, what the gate reads per modality (GATE_FEATURES): its `farness` [B, M]
-    (`ModalityTrust.farness`) and the energy of its own head's logits `aux` [B, M, C]
+    and the energy of its own head's logits `aux` [B, M, C]
     (-logsumexp: high when no class stands out; Liu et al., NeurIPS 2020).
 
     Both, because each sees failures the other misses (hard preset, test split): audio at
@@ -200,6 +206,7 @@ class Assessment:
     reliability: torch.Tensor
     typical: torch.Tensor
     evidence: torch.Tensor
+    _posteriors: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def weights(self, method: str) -> torch.Tensor:
         """[B, M] float64: the chance each modality is reliable under `method` (0 = not used).
@@ -219,12 +226,14 @@ class Assessment:
     def answer(self, method: str, log_probs: torch.Tensor) -> torch.Tensor:
         """[B, C] log-probabilities under `method`: the subsets' answers `log_probs` [B, 2^M, C]
         (`subset_log_probs`) mixed by `posterior`."""
-        return mixture(log_probs, self.weights(method), self.evidence)
+        return mix(log_probs, self.posterior(method))
 
     def posterior(self, method: str) -> torch.Tensor:
         """[B, 2^M] float64: the chance that exactly each subset (`subset_bits`) is reliable under
-        `method`, given how well its members agree (`subset_posterior`)."""
-        return subset_posterior(self.weights(method), self.evidence)
+        `method`, given how well its members agree (`subset_posterior`); computed once per method."""
+        if method not in self._posteriors:
+            self._posteriors[method] = subset_posterior(self.weights(method), self.evidence)
+        return self._posteriors[method]
 
     def believed(self, method: str) -> torch.Tensor:
         """[B, M] float64: the chance each modality is among the reliable ones, all evidence in
@@ -289,14 +298,8 @@ class Trust:
         logits [B, M, C], which the gate reads)."""
         distances = self.distances(embeddings, present, inputs)
         scores = self.scores(distances)
-        farness = torch.stack(
-            [
-                torch.from_numpy(self.per_modality[m].farness(distances[:, i].numpy(), self.threshold))
-                for i, m in enumerate(self.modalities)
-            ],
-            dim=1,
-        )
-        features = gate_features(farness, aux)
+        far = torch.stack([farness(distances[:, i], *self._log_quantiles[i]) for i in range(len(self.modalities))], 1)
+        features = gate_features(far, aux)
         reliability = torch.ones(present.shape, dtype=torch.float64)
         typical = torch.ones(present.shape[1], dtype=torch.float64)
         if self.gate is not None:
@@ -304,6 +307,12 @@ class Trust:
             typical = torch.sigmoid(torch.from_numpy(self.gate.bias))
         trusted = self.trusted(scores, present)
         return Assessment(present, scores, trusted, features, reliability, typical, subset_evidence(aux))
+
+    @cached_property
+    def _log_quantiles(self) -> list[tuple[float, float]]:
+        """Each modality's `ModalityTrust.log_quantiles` at the threshold, computed once (sorting the
+        references again cost a request 0.6 ms)."""
+        return [self.per_modality[m].log_quantiles(self.threshold) for m in self.modalities]
 
     def trusted(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """[B, M] bool: present modalities scoring at most the threshold. A sample whose every
@@ -329,8 +338,10 @@ def keep_one(chosen: torch.Tensor, present: torch.Tensor, preference: torch.Tens
     return torch.where(lost.unsqueeze(1), keep, chosen)
 
 
+@cache
 def subset_bits(n_modalities: int) -> torch.Tensor:
-    """[2^M, M] bool: every subset of the modalities, subset k holding modality i when bit i of k is set."""
+    """[2^M, M] bool: every subset of the modalities, subset k holding modality i when bit i of k is set
+    (one shared tensor per M: read it, never write it)."""
     k = torch.arange(2**n_modalities).unsqueeze(1)
     return (k >> torch.arange(n_modalities).unsqueeze(0)) & 1 == 1
 
@@ -381,12 +392,16 @@ def subset_posterior(weights: torch.Tensor, evidence: torch.Tensor | None = None
     return torch.softmax(log_weight, dim=1)
 
 
+def mix(log_probs: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:
+    """[B, C] log-probabilities: the subsets' answers `log_probs` [B, 2^M, C] mixed by `posterior` [B, 2^M]."""
+    log_weight = torch.where(posterior > 0, posterior.clamp(min=1e-300).log(), -torch.inf)
+    return torch.logsumexp(log_weight.unsqueeze(2) + log_probs, dim=1)
+
+
 def mixture(log_probs: torch.Tensor, weights: torch.Tensor, evidence: torch.Tensor | None = None) -> torch.Tensor:
     """[B, C] log-probabilities: the subsets' answers `log_probs` [B, 2^M, C] mixed by
     `subset_posterior(weights, evidence)`."""
-    posterior = subset_posterior(weights, evidence)
-    log_weight = torch.where(posterior > 0, posterior.clamp(min=1e-300).log(), -torch.inf)
-    return torch.logsumexp(log_weight.unsqueeze(2) + log_probs, dim=1)
+    return mix(log_probs, subset_posterior(weights, evidence))
 
 
 def fit_gate(

@@ -33,6 +33,9 @@ class RobustnessParams(Section):
     audio_dropout: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
     text_random_words: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
     text_script: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
+    image_jpeg_quality: list[int] = Field([60, 40, 25, 15, 8, 3], min_length=1)
+    audio_bits: list[int] = Field([8, 6, 5, 4, 3, 2], min_length=1)
+    text_truncation: list[float] = Field([0.1, 0.2, 0.3, 0.5, 0.7, 0.9], min_length=1)
 
     @model_validator(mode="after")
     def _increasing_severity(self) -> "RobustnessParams":
@@ -48,17 +51,30 @@ class RobustnessParams(Section):
             "audio_dropout": self.audio_dropout,
             "text_random_words": self.text_random_words,
             "text_script": self.text_script,
+            "text_truncation": self.text_truncation,
         }
         for name, levels in rising.items():
             if levels[0] <= 0 or any(b <= a for a, b in zip(levels, levels[1:])):
                 raise ValueError(f"{name} must be positive and strictly increasing (more noise), got {levels}")
         if max(self.image_occlusion) >= 1 or max(self.audio_dropout) >= 1:
             raise ValueError("image_occlusion and audio_dropout must stay below 1")
-        shares = ("text_typo_rate", "image_salt_pepper", "image_inversion", "text_random_words", "text_script")
+        shares = (
+            "text_typo_rate",
+            "image_salt_pepper",
+            "image_inversion",
+            "text_random_words",
+            "text_script",
+            "text_truncation",
+        )
         if any(max(getattr(self, name)) > 1 for name in shares):
             raise ValueError(f"{', '.join(shares)} are shares: at most 1")
-        if any(b >= a for a, b in zip(self.audio_snr_db, self.audio_snr_db[1:])):
-            raise ValueError(f"audio_snr_db must be strictly decreasing (more noise), got {self.audio_snr_db}")
+        falling = {"audio_snr_db": (self.audio_snr_db, None), "image_jpeg_quality": (self.image_jpeg_quality, (1, 95))}
+        falling["audio_bits"] = (self.audio_bits, (1, 16))
+        for name, (levels, bounds) in falling.items():
+            if any(b >= a for a, b in zip(levels, levels[1:])):
+                raise ValueError(f"{name} must be strictly decreasing (more noise), got {levels}")
+            if bounds is not None and not bounds[0] <= min(levels) <= max(levels) <= bounds[1]:
+                raise ValueError(f"{name} must lie in {bounds[0]}-{bounds[1]}, got {levels}")
         return self
 
 
