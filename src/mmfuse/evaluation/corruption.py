@@ -196,6 +196,10 @@ def _corrupt(corruption_index: int, level_index: int, level: float, seed: int) -
 
 
 NoisyInputs = Callable[[Corruption, int], torch.Tensor]
+# The random stream of the gate's corrupted val copies: no curve's (corruption index, level) can
+# reach it, and adding a family leaves it (and so the fitted gate) as it was; it once was
+# len(CORRUPTIONS), and three added unseen families moved the seed-0 gate's regret by 0.3 points.
+_GATE_STREAM = 0x67617465
 
 
 def one_corrupted(
@@ -212,7 +216,7 @@ def one_corrupted(
     Unseen families are never drawn, so they still test a failure nobody fitted anything on.
     Each `copy` draws anew.
     """
-    rng = np.random.default_rng((seed, len(CORRUPTIONS), copy))  # a stream no (corruption, level) of the curves uses
+    rng = np.random.default_rng((seed, _GATE_STREAM, copy))
     seen = [c for c in CORRUPTIONS if c.seen]
     mask = tensors["mask"]
     groups: dict[tuple[int, int], list[int]] = {}
