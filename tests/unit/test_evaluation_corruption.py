@@ -11,12 +11,15 @@ import torch
 from pydantic import ValidationError
 
 from mmfuse.errors import MMFuseError
+from mmfuse.evaluation import corruption as corruption_module
 from mmfuse.evaluation.corruption import (
     CORRUPTIONS,
+    Corruption,
     RawSplit,
     corrupted_array,
     corrupted_levels,
     corruption_rng,
+    one_corrupted,
     split_rows,
 )
 from mmfuse.models.data import load_split
@@ -98,6 +101,16 @@ def test_noise_levels_must_grow_in_severity() -> None:
     with pytest.raises(ValidationError):
         EvaluateParams(unknown=1)
     assert all(len(c.levels(RobustnessParams())) >= 6 for c in CORRUPTIONS)
+
+
+def test_adding_a_corruption_family_leaves_the_gates_corrupted_copies_as_they_were(prepared, monkeypatch) -> None:
+    raw, tensors, state = prepared
+    before = one_corrupted(raw, tensors, state, RobustnessParams(), seed=0, copy=1)
+    extra = Corruption("image_extra", "image", "share", "image_inversion", BY_NAME["image_inversion"].fn, seen=False)
+    monkeypatch.setattr(corruption_module, "CORRUPTIONS", (*CORRUPTIONS, extra))
+    after = one_corrupted(raw, tensors, state, RobustnessParams(), seed=0, copy=1)
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert not all(torch.equal(before[key], tensors[key]) for key in before)  # it did corrupt something
 
 
 def test_falling_levels_are_checked_against_their_range() -> None:
