@@ -116,6 +116,22 @@ def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sen
     assert float((mixed == labels).double().mean()) > float((trusting == labels).double().mean()) + 0.15
 
 
+def test_a_modality_never_seen_broken_gets_a_finite_trust_not_certainty() -> None:
+    """The fit's data cannot bound the bias of a modality that is always right: by likelihood
+    alone every parameter ran off past 9,000; the prior keeps them where the data can be read."""
+    rng = np.random.default_rng(4)
+    n, classes = 2000, 5
+    labels = torch.from_numpy(rng.integers(0, classes, n))
+    logits = torch.from_numpy(rng.normal(0, 1, (n, 8, classes)))
+    for k, with_audio in enumerate(subset_bits(3)[:, 1].tolist()):  # audio knows the label, always
+        logits[torch.arange(n), k, labels] += 6.0 if with_audio else 1.0
+    features = gate_features(torch.from_numpy(rng.normal(0, 0.3, (n, 3))), torch.zeros(n, 3, classes))
+    present = torch.ones(n, 3, dtype=torch.bool)
+    gate = fit_gate(features, present, torch.log_softmax(logits, dim=2), labels, np.zeros((3, 2)))
+    assert float(np.abs(gate.bias).max()) < 10.0 and float(gate.slope.max()) < 10.0
+    assert float(gate.bias[1]) == float(gate.bias.max())  # audio still the most believed
+
+
 def test_heads_that_agree_are_evidence_for_each_other_and_a_dissenter_loses_belief() -> None:
     sure = torch.tensor([[8.0, 0.0, 0.0, 0.0], [0.0, 8.0, 0.0, 0.0]])  # logits naming class 0 / class 1
     agree = torch.stack([sure[0], sure[0], sure[0]]).unsqueeze(0)  # [1, 3, 4]: all name class 0

@@ -64,6 +64,7 @@ FORMAT = "mmfuse-trust/3"
 # each weighed by its reliability. Also the robustness curves' names.
 METHODS = ("fused", "set_aside", "weighted")
 _RIDGE = 1e-3  # added to the covariance's diagonal (relative to each variance): a stable inverse
+_GATE_PRIOR_SD = 3.0  # the gate's parameters, a priori: a typical input's reliability within sigmoid(+-3)
 
 
 def input_features(modality: str, inputs: torch.Tensor) -> torch.Tensor:
@@ -418,7 +419,11 @@ def fit_gate(
 
     A bias and F - 1 slopes per modality and one farness slope for all (see `Gate`), float64,
     L-BFGS from a fixed start: deterministic, and far too few parameters to overfit a few
-    thousand samples.
+    thousand samples. A weak Gaussian prior (sd `_GATE_PRIOR_SD`) keeps them finite where the
+    data cannot tell: no seen corruption makes audio worth doubting, so by likelihood alone
+    its bias ran off to 10.6, 19.9 or 59.9 depending on the seed and the draw of corrupted val
+    copies, and at 59.9 audio with lost blocks was believed at any distance (regret 8.5
+    points); with the prior it stays at 7.2-7.7 over three draws, the regret unchanged.
     """
     with torch.inference_mode(False), torch.enable_grad():  # whatever mode the caller is in
         z = torch.nan_to_num(features.detach().clone() - torch.from_numpy(centre), nan=0.0)
@@ -437,6 +442,7 @@ def fit_gate(
             optimiser.zero_grad()
             weights = torch.where(present, torch.sigmoid(bias - (slopes() * z).sum(dim=2)), 0.0)
             value = -mixture(target.unsqueeze(2), weights, evidence).mean()
+            value = value + (bias.square().sum() + slopes().square().sum()) / (2 * _GATE_PRIOR_SD**2 * len(target))
             value.backward()
             return value
 
