@@ -119,6 +119,9 @@ def test_the_gate_learns_to_doubt_a_modality_whose_distance_betrays_a_broken_sen
 def test_a_modality_never_seen_broken_gets_a_finite_trust_not_certainty() -> None:
     """The fit's data cannot bound the bias of a modality that is always right: by likelihood
     alone every parameter ran off past 9,000; the prior keeps them where the data can be read."""
+    subset_bits.cache_clear()
+    with torch.inference_mode():  # serving asks first: the shared subsets must still serve the fit's autograd
+        subset_bits(3)
     rng = np.random.default_rng(4)
     n, classes = 2000, 5
     labels = torch.from_numpy(rng.integers(0, classes, n))

@@ -342,9 +342,11 @@ def keep_one(chosen: torch.Tensor, present: torch.Tensor, preference: torch.Tens
 @cache
 def subset_bits(n_modalities: int) -> torch.Tensor:
     """[2^M, M] bool: every subset of the modalities, subset k holding modality i when bit i of k is set
-    (one shared tensor per M: read it, never write it)."""
-    k = torch.arange(2**n_modalities).unsqueeze(1)
-    return (k >> torch.arange(n_modalities).unsqueeze(0)) & 1 == 1
+    (one shared tensor per M: read it, never write it). Made outside inference mode, whatever the
+    caller's: a cached inference tensor would break the gate's fit, which needs autograd."""
+    with torch.inference_mode(False):
+        k = torch.arange(2**n_modalities).unsqueeze(1)
+        return (k >> torch.arange(n_modalities).unsqueeze(0)) & 1 == 1
 
 
 def subset_log_probs(
