@@ -415,7 +415,7 @@ def fit_gate(
     centre: np.ndarray,
     evidence: torch.Tensor | None = None,
 ) -> Gate:
-    """Fit each modality's gate by maximum likelihood of the true label under `mixture`, on
+    """Fit each modality's gate by maximum a posteriori of the true label under `mixture`, on
     samples with their `gate_features` [N, M, F], presence [N, M], subset answers [N, 2^M, C],
     labels [N] and subsets' agreement `evidence` [N, 2^M], centred on `centre` [M, F].
 
